@@ -1,0 +1,102 @@
+"""One way to save a checkpoint and one way to load it.
+
+A checkpoint is a dict of tensors and plain data (no pickled classes), so it loads with
+`torch.load(..., weights_only=True)`, which refuses anything that would run code. It is
+written to a temporary file in the same folder, flushed to disk, then moved over the old
+one with `os.replace`: a crash or Ctrl-C at any moment leaves either the old or the new
+checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .data import Vocab
+from .errors import CheckpointError
+from .models import build_model
+
+FORMAT, VERSION = "wavenet-checkpoint", 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Atomically write `state` (a dict with at least 'model_config', 'model', 'vocab')."""
+    path = Path(path)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # The previous checkpoint, if any, is untouched; drop the partial temporary file.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
+    """Load and validate a checkpoint. Raises CheckpointError with one line for a missing,
+    truncated, corrupt or untrusted file, or one for another model kind than `kind`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported" in str(e):
+            raise CheckpointError(
+                f"{path}: refused: it holds pickled objects other than tensors and plain data"
+                " (an untrusted or foreign file)") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wavenet checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+    for key in ("model_config", "model", "vocab"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint is missing '{key}'")
+    found = ckpt["model_config"].get("kind")
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path}: checkpoint holds a '{found}' model, expected '{kind}'")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu"):
+    """Rebuild the model (in eval mode) and its vocabulary from a loaded checkpoint."""
+    try:
+        vocab = Vocab.from_dict(ckpt["vocab"])
+        model = build_model(ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:  # wrong shapes, missing keys: a damaged or hand-edited file
+        raise CheckpointError(f"checkpoint does not match its model config ({_first_line(e)})") from None
+    if len(vocab) != model.vocab_size:
+        raise CheckpointError(f"checkpoint vocabulary has {len(vocab)} ids but the model {model.vocab_size}")
+    return model.to(device).eval(), vocab
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -1,0 +1,241 @@
+"""What each CLI command does, on top of the library (data, models, train, sample, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .cli import EXIT_INTERRUPTED
+from .data import Vocab, build_windows, load_words, split_words
+from .errors import WavenetError
+from .evaluate import split_loss
+from .models import build_model, check_block_size
+from .sample import check_sampling, generate, novelty
+from .train import TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
+
+SPLIT_SEED = 42
+MODEL_DEFAULTS = dict(model="mlp", block_size=8, n_embd=24, n_hidden=128)
+REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise WavenetError("--device cuda: no CUDA device is available (this torch build or machine has none)")
+    return name
+
+
+def default_input() -> Path:
+    for candidate in (Path("data/names.txt"), REPO_DATA):
+        if candidate.is_file():
+            return candidate
+    raise WavenetError("no input file: pass -i/--input-file (data/names.txt is not here)")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_work_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise WavenetError(f"-o/--work-dir {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WavenetError(f"-o/--work-dir {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WavenetError(f"-o/--work-dir {path}: not writable")
+    return path
+
+
+def lock_work_dir(path: Path):
+    """Hold an exclusive lock on the run directory for the life of the process, so that a
+    second `wavenet train` into it refuses instead of overwriting the first one's files."""
+    f = open(path / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise WavenetError(f"-o/--work-dir {path}: another wavenet process is training there") from None
+    return f
+
+
+def load_split(data_info: dict, input_file=None):
+    """Words, split as at training time, from the checkpoint's record of its data file."""
+    path = Path(input_file or data_info["path"])
+    words = load_words(path, data_info.get("max_length"))
+    if input_file is None and file_sha256(path) != data_info["sha256"]:
+        raise WavenetError(f"{path}: changed since training (SHA-256 differs); pass -i to use it anyway")
+    return split_words(words, seed=data_info["split_seed"])
+
+
+def train(args) -> int:
+    if args.max_length < 1:
+        raise WavenetError(f"--max-length must be at least 1, got {args.max_length}")
+    device = resolve_device(args.device)
+    work = prepare_work_dir(Path(args.work_dir))
+    lock = lock_work_dir(work)  # noqa: F841  (held until the process exits)
+    ckpt_path = work / ckpt_io.CHECKPOINT_NAME
+    metrics_path = work / "metrics.jsonl"
+    resumed = None
+    if args.resume:
+        if not ckpt_path.exists():
+            raise WavenetError(f"--resume: no checkpoint in {work}")
+        resumed = ckpt_io.load_checkpoint(ckpt_path)
+    elif ckpt_path.exists():
+        raise WavenetError(f"{ckpt_path} exists: pass --resume to continue it, or choose another -o/--work-dir")
+
+    model_cfg, cfg, input_file = _configs(args, resumed)
+    words = load_words(input_file, args.max_length)
+    data_info = dict(path=str(Path(input_file).resolve()), sha256=file_sha256(Path(input_file)),
+                     split_seed=SPLIT_SEED, max_length=args.max_length, longest=max(map(len, words)))
+    if resumed is not None and data_info["sha256"] != resumed["data"]["sha256"]:
+        raise WavenetError(f"--resume: {input_file} is not the file this run was trained on (SHA-256 differs)")
+    vocab = Vocab.from_words(words)
+    if resumed is not None and vocab != Vocab.from_dict(resumed["vocab"]):
+        raise WavenetError("--resume: the checkpoint's vocabulary differs from the input file's")
+    train_words, val_words, _ = split_words(words, seed=SPLIT_SEED)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model({**model_cfg, "vocab_size": len(vocab)}, generator=generator).to(device)
+    batches = _batches(model, train_words, vocab, cfg, generator, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    step, lossi = 0, []
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        batches.load_state_dict(resumed["batches"])
+        step, lossi = resumed["step"], resumed["lossi"].tolist()
+        truncate_metrics(metrics_path, step)
+        print(f"resuming {work} at step {step:,}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{model.kind} model, {n_params:,} parameters; {len(words):,} items, vocabulary {len(vocab)}; "
+          f"{len(train_words):,} train / {len(val_words):,} val names; device {device}")
+
+    def save(at_step: int) -> None:
+        state = dict(model_config=model.config, model=model.state_dict(), vocab=vocab.to_dict(),
+                     optimizer=optimizer.state_dict(), step=at_step, train_config=dataclasses.asdict(cfg),
+                     batches=batches.state_dict(), lossi=torch.tensor(lossi, dtype=torch.float64),
+                     data=data_info)
+        try:
+            ckpt_io.save_checkpoint(ckpt_path, state)
+        except OSError as e:
+            raise WavenetError(f"could not write {ckpt_path} ({e.strerror}); the previous checkpoint is intact") from None
+
+    def on_interval(at_step: int) -> None:
+        val = split_loss(model, val_words, vocab, device)
+        append_metrics(metrics_path, {"step": at_step, "train_loss_recent": 10 ** (sum(lossi[-100:]) / len(lossi[-100:])),
+                                      "val_loss": val})
+        save(at_step)
+        if args.no_progress:
+            print(f"step {at_step:,}: val loss {val:.4f}")
+
+    result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
+                        on_interval=on_interval, progress=not args.no_progress)
+    if result.interrupted:
+        save(result.step)
+        print(f"interrupted at step {result.step:,}: checkpoint saved to {ckpt_path}; "
+              f"continue with: wavenet train -o {work} --resume")
+        return EXIT_INTERRUPTED
+    if plot_loss(lossi, work / "loss.png"):
+        print(f"loss curve: {work / 'loss.png'}")
+    tr, va = split_loss(model, train_words, vocab, device), split_loss(model, val_words, vocab, device)
+    print(f"train loss {tr:.4f}")
+    print(f"val loss   {va:.4f}")
+    print(f"checkpoint: {ckpt_path}")
+    _print_samples(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed),
+                   split_words(words, seed=SPLIT_SEED), data_info["longest"], device)
+    return 0
+
+
+def _configs(args, resumed):
+    """The model and training configs: from the flags, or from the checkpoint on --resume
+    (where a flag that contradicts the checkpoint is an error, not silently ignored)."""
+    flags = dict(model=args.model, block_size=args.block_size, n_embd=args.n_embd, n_hidden=args.n_hidden)
+    train_flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                       eval_interval=args.eval_interval, seed=args.seed)
+    if resumed is None:
+        model_cfg = {k: v if v is not None else MODEL_DEFAULTS[k] for k, v in flags.items()}
+        model_cfg["kind"] = model_cfg.pop("model")
+        cfg = TrainConfig(**{k: v for k, v in train_flags.items() if v is not None})
+        _check_train_config(cfg, model_cfg)
+        return model_cfg, cfg, args.input_file or default_input()
+    saved_model = dict(resumed["model_config"])
+    saved_model["model"] = saved_model.pop("kind")
+    saved_train = resumed["train_config"]
+    for name, value in list(flags.items()) + list(train_flags.items()):
+        saved = saved_model.get(name, saved_train.get(name))
+        if value is not None and value != saved:
+            raise WavenetError(f"--resume: --{name.replace('_', '-')} {value} contradicts the checkpoint ({saved})")
+    model_cfg = {k: v for k, v in resumed["model_config"].items() if k != "vocab_size"}
+    return model_cfg, TrainConfig(**saved_train), args.input_file or resumed["data"]["path"]
+
+
+def _check_train_config(cfg: TrainConfig, model_cfg: dict) -> None:
+    for flag, value in (("max-steps", cfg.max_steps), ("eval-interval", cfg.eval_interval),
+                        ("n-embd", model_cfg["n_embd"]), ("n-hidden", model_cfg["n_hidden"])):
+        if value < 1:
+            raise WavenetError(f"--{flag} must be at least 1, got {value}")
+    if cfg.batch_size < 2:
+        raise WavenetError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {cfg.batch_size}")
+    if not cfg.learning_rate > 0:
+        raise WavenetError(f"--learning-rate must be positive, got {cfg.learning_rate}")
+    check_block_size(model_cfg["block_size"])
+
+
+def _batches(model, train_words, vocab, cfg, generator, device):
+    X, Y = build_windows(train_words, vocab, model.block_size)
+    return WindowBatches(X, Y, cfg.batch_size, generator, device)
+
+
+def _print_samples(model, vocab, num, generator, splits, longest, device, temperature=1.0, top_k=None, prefix=""):
+    prefix_ids = vocab.encode(prefix)
+    names = generate(model, num, generator=generator, temperature=temperature, top_k=top_k, prefix=prefix_ids,
+                     max_new_tokens=2 * longest + 1, device=device)
+    if splits is not None:
+        train_set, heldout = set(splits[0]), set(splits[1]) | set(splits[2])
+    for ids in names:
+        name = vocab.decode(ids)
+        tag = novelty(name, train_set, heldout) if splits is not None else "?"
+        print(f"{tag:>8}  {name}")
+
+
+def _load_run(args):
+    device = resolve_device(args.device)
+    ckpt = ckpt_io.load_checkpoint(Path(args.work_dir))
+    model, vocab = ckpt_io.model_from_checkpoint(ckpt, device)
+    return ckpt, model, vocab, device
+
+
+def sample(args) -> int:
+    ckpt, model, vocab, device = _load_run(args)
+    check_sampling(len(vocab), args.num_samples, args.temperature, args.top_k)
+    vocab.encode(args.prefix)  # unknown prefix characters: a clear error before any work
+    try:
+        splits = load_split(ckpt["data"])
+    except WavenetError as e:
+        print(f"wavenet: note: samples not marked train / val/test / new: {e}", flush=True)
+        splits = None
+    generator = torch.Generator()
+    generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
+    _print_samples(model, vocab, args.num_samples, generator, splits, ckpt["data"]["longest"], device,
+                   args.temperature, args.top_k, args.prefix)
+    return 0
+
+
+def eval(args) -> int:  # noqa: A001  (the command is called eval)
+    ckpt, model, vocab, device = _load_run(args)
+    for name, words in zip(("train", "val", "test"), load_split(ckpt["data"])):
+        print(f"{name:5} loss {split_loss(model, words, vocab, device):.4f}  ({sum(len(w) + 1 for w in words):,} targets)")
+    return 0

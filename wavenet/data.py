@@ -1,0 +1,182 @@
+"""Words, vocabulary, the lecture's split, and the two dataset layouts.
+
+Follows makemore part 5 (Karpathy, "Building makemore Part 5: Building a WaveNet"):
+id 0 is the boundary token '.', the sorted characters of the data take ids 1.., the words
+are shuffled with `random.seed(42)` and cut at 80% / 90%.
+
+Two layouts of the same targets:
+- `build_windows`: the lecture's per-position dataset, one (block_size,) window per target;
+- `pad_names`: one row per word, block_size boundary tokens then the word, so a causal
+  convolution predicts every target of every word in one forward pass.
+Both yield exactly sum(len(w) + 1) targets for a list of words.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .errors import DataError, WavenetError
+
+BOUNDARY = "."          # how the boundary token (id 0) is shown
+DEFAULT_MAX_LENGTH = 1000  # characters per item; longer lines are refused, not truncated
+
+
+def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
+    """Read one item per line: surrounding whitespace stripped, blank lines skipped.
+
+    Accepts LF or CRLF line endings and a leading UTF-8 byte order mark. Raises
+    `DataError` (one line, naming the file and line) for a missing file, a directory,
+    bytes that are not UTF-8, a NUL byte, a line over `max_length` characters, or a
+    file with no items. Memory stays bounded by `max_length` even for a huge line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a text file")
+    # A character is at most 4 bytes in UTF-8; +2 leaves room for '\r\n'.
+    limit = None if max_length is None else 4 * max_length + 2
+    words = []
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        lineno = 0
+        while True:
+            raw = f.readline(limit + 1) if limit is not None else f.readline()
+            if not raw:
+                break
+            lineno += 1
+            if limit is not None and len(raw) > limit and not raw.endswith(b"\n"):
+                raise DataError(f"{path}, line {lineno}: longer than --max-length {max_length} characters")
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte order mark: an encoding marker, not data
+            if b"\0" in raw:
+                raise DataError(f"{path}, line {lineno}: contains a NUL byte (binary file?)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}, line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})"
+                ) from None
+            word = line.strip()
+            if max_length is not None and len(word) > max_length:
+                raise DataError(f"{path}, line {lineno}: longer than --max-length {max_length} characters")
+            if word:
+                words.append(word)
+    if not words:
+        raise DataError(f"{path}: no items (the file is empty or has only blank lines)")
+    return words
+
+
+class Vocab:
+    """Characters <-> ids. Id 0 is the boundary token; data characters take ids 1.. in
+    sorted order. Any Unicode character can be data, '.' and ' ' included: the boundary
+    is an id, not a character, and '.' is only how it is displayed."""
+
+    def __init__(self, chars: Iterable[str]):
+        chars = list(chars)
+        if sorted(set(chars)) != chars or any(len(c) != 1 for c in chars):
+            raise WavenetError("vocabulary characters must be distinct single characters in sorted order")
+        self.chars = chars
+        self.stoi = {c: i + 1 for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_words(cls, words: Iterable[str]) -> "Vocab":
+        return cls(sorted(set("".join(words))))
+
+    def __len__(self) -> int:
+        return len(self.chars) + 1
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} ids: {''.join(self.chars)!r})"
+
+    @property
+    def itos(self) -> dict[int, str]:
+        """The lecture's itos: {0: '.', 1: 'a', ...}."""
+        return {0: BOUNDARY, **{i + 1: c for i, c in enumerate(self.chars)}}
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown)
+            raise WavenetError(f"characters not in the vocabulary: {shown}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text; the boundary id shows as '.'. decode(encode(w)) == w for any word."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self):
+                raise WavenetError(f"id {i} is outside the vocabulary (0..{len(self) - 1})")
+            out.append(BOUNDARY if i == 0 else self.chars[i - 1])
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        """A checkpoint-friendly form (plain strings only)."""
+        return {"chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        return cls(list(d["chars"]))
+
+
+def split_words(words: Sequence[str], seed: int = 42) -> tuple[list[str], list[str], list[str]]:
+    """The lecture's split: shuffle with seed 42, cut at int(0.8 n) and int(0.9 n).
+
+    Uses a private random.Random, which shuffles exactly as random.seed(42);
+    random.shuffle(words) does, without touching the global random state or the input.
+    """
+    words = list(words)
+    random.Random(seed).shuffle(words)
+    n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
+    train, val, test = words[:n1], words[n1:n2], words[n2:]
+    if not val or not test:
+        raise DataError(
+            f"{len(words)} items are too few to split 80/10/10: the val or test split would be empty (need at least 10)"
+        )
+    return train, val, test
+
+
+def build_windows(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lecture's dataset: for every target, the block_size ids before it.
+
+    Returns X (N, block_size) and Y (N,), LongTensors, N = sum(len(w) + 1).
+    """
+    X, Y = [], []
+    for w in words:
+        context = [0] * block_size
+        for ix in vocab.encode(w) + [0]:
+            X.append(context)
+            Y.append(ix)
+            context = context[1:] + [ix]
+    return torch.tensor(X, dtype=torch.long).view(-1, block_size), torch.tensor(Y, dtype=torch.long)
+
+
+def pad_names(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole words for the convolution, one row per word in the given order.
+
+    X (B, block_size + L): block_size boundary ids, the word's ids, then boundary ids as
+    right padding up to the longest word (L letters). Y (B, L + 1): the word's ids, then the
+    boundary id, then -1 (ignored) at padding. Output j of the model sees
+    X[:, j : j + block_size] and is scored against Y[:, j].
+    """
+    encoded = [vocab.encode(w) for w in words]
+    L = max(len(e) for e in encoded)
+    X = torch.zeros(len(words), block_size + L, dtype=torch.long)
+    Y = torch.full((len(words), L + 1), -1, dtype=torch.long)
+    for b, ids in enumerate(encoded):
+        n = len(ids)
+        X[b, block_size:block_size + n] = torch.tensor(ids, dtype=torch.long)
+        Y[b, :n] = X[b, block_size:block_size + n]
+        Y[b, n] = 0
+    return X, Y

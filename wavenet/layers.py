@@ -1,0 +1,62 @@
+"""Layers shared by both models: the lecture's BatchNorm, its initialisation, the loss.
+
+BatchNorm choice. The lecture's BatchNorm1d normalises a training batch with its mean and
+its *unbiased* variance (`x.var()`, correction 1) and keeps running statistics with momentum
+0.1, also from the unbiased variance. `torch.nn.BatchNorm1d` normalises with the biased
+variance and wants (N, C, L). We keep the lecture's arithmetic, so the hierarchical model is
+the lecture's model, and we split BatchNorm into two steps, `statistics(rows)` and
+`normalize(x, ...)`: the caller decides which rows count (the MLP: every (batch, group) row;
+the convolution: only positions aligned with real targets, see `models.py`), and the same
+statistics are then applied to a tensor of any layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BatchNorm(nn.Module):
+    """The lecture's BatchNorm1d over feature vectors (rows of size num_features)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))   # gamma
+        self.bias = nn.Parameter(torch.zeros(num_features))    # beta
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def statistics(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows (N, C) -> (mean, var), each (C,). In training: the batch statistics
+        (unbiased variance), and the running buffers move towards them. In eval: the
+        running buffers."""
+        if not self.training:
+            return self.running_mean, self.running_var
+        var, mean = torch.var_mean(rows, dim=0, correction=1)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)  # (1 - m) * running + m * batch
+            self.running_var.lerp_(var, self.momentum)
+        return mean, var
+
+    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, dim: int) -> torch.Tensor:
+        """gamma * (x - mean) / sqrt(var + eps) + beta, with features along `dim` of x."""
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
+
+
+def lecture_linear_weight(fan_in: int, fan_out: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The lecture's Linear init, randn((fan_in, fan_out)) / sqrt(fan_in), returned in
+    torch's (fan_out, fan_in) layout. Same draws, same order as the lecture."""
+    return (torch.randn((fan_in, fan_out), generator=generator) / fan_in**0.5).T.contiguous()
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+    """Mean cross-entropy over real targets; -1 marks positions to ignore.
+    logits (..., V), targets (...) with the same leading shape."""
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

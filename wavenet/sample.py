@@ -1,0 +1,81 @@
+"""Sampling names, batched over many names at once, from an explicit torch.Generator.
+
+A "stepper" holds the context of every name being generated and returns the next-character
+logits; `generate` draws from them (temperature, top-k) and feeds the draws back. The MLP
+steps on its sliding window; the convolution either recomputes the whole prefix or, with
+`ConvCache`, computes one new position per layer (Fast WaveNet, Paine et al. 2016).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import WavenetError
+
+
+class WindowStepper:
+    """Any model on the last block_size ids (the lecture's sampling, batched)."""
+
+    def __init__(self, model, num: int, device):
+        self.model = model
+        self.context = torch.zeros(num, model.block_size, dtype=torch.long, device=device)  # (B, block)
+
+    def push(self, ix: torch.Tensor) -> None:
+        self.context = torch.cat([self.context[:, 1:], ix[:, None]], dim=1)
+
+    def logits(self) -> torch.Tensor:
+        return self.model(self.context)[0]  # (B, V)
+
+
+def make_stepper(model, num: int, device, method: str = "auto"):
+    if method in ("auto", "window") and model.kind == "mlp":
+        return WindowStepper(model, num, device)
+    raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
+
+
+def check_sampling(vocab_size: int, num: int, temperature: float, top_k: int | None) -> None:
+    if num < 1:
+        raise WavenetError(f"-n/--num-samples must be at least 1, got {num}")
+    if not temperature > 0 or temperature != temperature or temperature == float("inf"):
+        raise WavenetError(f"--temperature must be a positive number, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise WavenetError(f"--top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
+
+
+@torch.no_grad()
+def generate(model, num: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+             top_k: int | None = None, prefix: Sequence[int] = (), max_new_tokens: int = 100,
+             method: str = "auto", device="cpu") -> list[list[int]]:
+    """Sample `num` names; each is returned as its ids (prefix included, final boundary
+    excluded). A name that reaches max_new_tokens without ending is cut there."""
+    check_sampling(model.vocab_size, num, temperature, top_k)
+    model.eval()
+    stepper = make_stepper(model, num, device, method)
+    for ix in prefix:
+        stepper.push(torch.full((num,), ix, dtype=torch.long, device=device))
+    draws = []
+    done = torch.zeros(num, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        logits = stepper.logits().float().cpu() / temperature  # (B, V); draws on the CPU
+        if top_k is not None:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        ix = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+        draws.append(ix)
+        done |= ix == 0
+        if done.all():
+            break
+        stepper.push(ix.to(device))
+    out = []
+    for row in torch.stack(draws, dim=1).tolist():
+        end = row.index(0) if 0 in row else len(row)
+        out.append(list(prefix) + row[:end])
+    return out
+
+
+def novelty(name: str, train: set, heldout: set) -> str:
+    """Where a sample stands, as makemore reports it: 'train', 'val/test' or 'new'."""
+    return "train" if name in train else "val/test" if name in heldout else "new"

@@ -1,0 +1,157 @@
+"""One training loop for any model with the contract `model(X, Y) -> (logits, loss)`.
+
+The lecture's recipe is the default: SGD, 200,000 steps of 32 random windows, learning rate
+0.1 then 0.01 after 75% of the steps, seed 42. What a step feeds the model comes from a
+batch source (random windows for the MLP, groups of whole names for the convolution); the
+loop itself knows nothing about either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import WavenetError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 200_000
+    batch_size: int = 32          # windows (mlp) or names (conv) per step
+    learning_rate: float = 0.1
+    decay_at: float = 0.75        # lr drops tenfold after this fraction of max_steps
+    seed: int = 42
+    eval_interval: int = 10_000   # steps between val evaluations (and checkpoints)
+
+
+def learning_rate_at(cfg: TrainConfig, step: int) -> float:
+    """The lecture's schedule: lr for step < 0.75 * max_steps, then lr / 10."""
+    return cfg.learning_rate if step < int(cfg.decay_at * cfg.max_steps) else cfg.learning_rate / 10
+
+
+class WindowBatches:
+    """The lecture's batches: `batch_size` windows drawn uniformly, with replacement, from
+    one torch.Generator (the same stream that initialised the model, as in the lecture)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, batch_size: int, generator: torch.Generator,
+                 device="cpu"):
+        self.X, self.Y = X.to(device), Y.to(device)
+        self.batch_size, self.generator, self.device = batch_size, generator, device
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ix = torch.randint(0, self.X.shape[0], (self.batch_size,), generator=self.generator)
+        ix = ix.to(self.device)
+        return self.X[ix], self.Y[ix]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Diverged(WavenetError):
+    """The loss became NaN or infinite; parameters are left at the last finite step."""
+
+
+@dataclass
+class LoopResult:
+    step: int             # steps completed in total
+    interrupted: bool     # stopped early by Ctrl-C (SIGINT)
+
+
+def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int = 0, lossi: list | None = None,
+               on_interval: Callable[[int], None] | None = None, progress: bool = True) -> LoopResult:
+    """Run steps start_step .. cfg.max_steps - 1. `lossi` collects log10(loss) per step, as
+    in the lecture. `on_interval(step)` is called every cfg.eval_interval steps (for val
+    loss and checkpoints). Ctrl-C finishes the current step and returns interrupted=True,
+    so the caller can save a checkpoint that resumes exactly; a second Ctrl-C aborts.
+    """
+    lossi = [] if lossi is None else lossi
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
+    step = start_step
+    model.train()
+    try:
+        while step < cfg.max_steps and not stop["asked"]:
+            X, Y = batches.next()
+            _, loss = model(X, Y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(f"loss became {value} at step {step}: try a lower --learning-rate")
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(cfg, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lossi.append(math.log10(value))
+            step += 1
+            if step % 100 == 0:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if on_interval is not None and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
+                on_interval(step)
+                model.train()
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return LoopResult(step=step, interrupted=stop["asked"] and step < cfg.max_steps)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume: drop records written after the checkpoint's step, so that a run that
+    crashed between two checkpoints does not log the same steps twice."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def plot_loss(lossi: list, path: Path) -> bool:
+    """The lecture's curve: log10 loss, mean over rows of 1,000 steps. Needs matplotlib
+    (the `plot` extra); returns False when it is missing or there are < 1,000 steps."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    n = len(lossi) // 1000 * 1000
+    if n == 0:
+        return False
+    curve = torch.tensor(lossi[:n]).view(-1, 1000).mean(1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(torch.arange(len(curve)) * 1000 + 500, curve)
+    ax.set_xlabel("step")
+    ax.set_ylabel("log10 loss (mean of 1,000 steps)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
