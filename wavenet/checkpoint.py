@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ def save_checkpoint(path, state: dict) -> None:
     payload = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -69,7 +69,7 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
                 f"{path}: refused: it holds pickled objects other than tensors and plain data"
                 " (an untrusted or foreign file)") from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
+    except Exception as e:  # torch.load raises many types for damaged bytes
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wavenet checkpoint")
@@ -95,6 +95,12 @@ def model_from_checkpoint(ckpt: dict, device="cpu"):
     if len(vocab) != model.vocab_size:
         raise CheckpointError(f"checkpoint vocabulary has {len(vocab)} ids but the model {model.vocab_size}")
     return model.to(device).eval(), vocab
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _first_line(e: Exception) -> str:

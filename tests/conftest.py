@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+from wavenet.data import Vocab, load_words
+
+NAMES = Path(__file__).resolve().parent.parent / "data" / "names.txt"
+
+
+@pytest.fixture(scope="session")
+def names():
+    return load_words(NAMES)
+
+
+@pytest.fixture(scope="session")
+def vocab(names):
+    return Vocab.from_words(names)
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    """A small names file: enough lines for an 80/10/10 split."""
+    words = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia", "harper",
+             "evelyn", "abigail", "emily", "elizabeth", "mila", "ella", "avery", "sofia", "camila",
+             "aria", "scarlett", "victoria", "madison", "luna", "grace", "chloe", "penelope",
+             "layla", "riley", "zoey", "nora", "lily", "eleanor", "hannah", "lillian", "addison"]
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,84 @@
+"""The CLI end to end on a tiny file, in-process (fast) and once as `python -m wavenet`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wavenet.cli import main
+
+TINY = ["--max-steps", "60", "--eval-interval", "30", "--batch-size", "8", "--n-embd", "4", "--n-hidden", "8",
+        "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_sample_eval(tmp_path, tiny_file, capsys):
+    work = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--model", "mlp", "-i", tiny_file, "-o", work, *TINY, "-n", "5")
+    assert code == 0, err
+    assert "train loss" in out and "val loss" in out
+    assert len([l for l in out.splitlines() if l.strip().split()[0] in ("train", "val/test", "new")]) >= 5
+    records = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [30, 60]
+    code, out, err = run(capsys, "sample", "-o", work, "-n", "7", "--seed", "1", "--prefix", "em")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 7 and all(l.split()[1].startswith("em") for l in lines)
+    assert run(capsys, "sample", "-o", work, "-n", "7", "--seed", "1", "--prefix", "em")[1] == out
+    code, out, err = run(capsys, "eval", "-o", work)
+    assert code == 0 and [l.split()[0] for l in out.splitlines()] == ["train", "val", "test"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "-i", "{tmp}/missing.txt"], "missing.txt: no such file"),
+    (["train", "-i", "{tmp}"], "is a directory"),
+    (["train", "--block-size", "6"], "power of two"),
+    (["train", "--batch-size", "1"], "--batch-size must be at least 2"),
+    (["train", "--learning-rate", "-1"], "--learning-rate must be positive"),
+    (["train", "--max-steps", "0"], "--max-steps must be at least 1"),
+    (["train", "--model", "rnn"], "invalid choice: 'rnn'"),
+    (["train", "--resume"], "--resume: no checkpoint"),
+    (["train", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["sample"], "no checkpoint"),
+    (["eval"], "no checkpoint"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["-o", str(tmp_path / "run")]
+    if argv[0] == "frobnicate":
+        argv = argv[:1]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_sampling_flags(tmp_path, tiny_file, capsys):
+    work = tmp_path / "run"
+    assert run(capsys, "train", "--model", "mlp", "-i", tiny_file, "-o", work, *TINY, "-n", "1")[0] == 0
+    for flags, message in ((["-n", "0"], "at least 1"), (["--temperature", "0"], "--temperature"),
+                           (["--top-k", "0"], "--top-k"), (["--prefix", "Zz!"], "'!', 'Z'")):
+        code, _, err = run(capsys, "sample", "-o", work, *flags)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_file, capsys):
+    work = tmp_path / "run"
+    assert run(capsys, "train", "--model", "mlp", "-i", tiny_file, "-o", work, *TINY, "-n", "1")[0] == 0
+    before = (work / "checkpoint.pt").read_bytes()
+    code, _, err = run(capsys, "train", "--model", "mlp", "-i", tiny_file, "-o", work, *TINY)
+    assert code == 2 and "--resume" in err
+    assert (work / "checkpoint.pt").read_bytes() == before
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "wavenet", "train", "--block-size", "5", "-o", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "wavenet: error: --block-size must be a power of two >= 2 (2, 4, 8, 16, ...), got 5"
