@@ -35,14 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="seeds the init, the batches and the samples [42]")
     t.add_argument("-i", "--input-file", default=None, help="one item per line [data/names.txt]")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
-    t.add_argument("--model", choices=["mlp"], default=None, help="[mlp]")
+    t.add_argument("--model", choices=["conv", "mlp"], default=None, help="[conv]")
     t.add_argument("--block-size", type=int, default=None, help="context length, a power of two [8]")
     t.add_argument("--n-embd", type=int, default=None, help="embedding width [24]")
     t.add_argument("--n-hidden", type=int, default=None, help="hidden width [128]")
-    t.add_argument("--max-steps", type=int, default=None, help="[200000]")
-    t.add_argument("--batch-size", type=int, default=None, help="windows per step [32]")
+    t.add_argument("--max-steps", type=int, default=None, help="[conv 40000, mlp 200000]")
+    t.add_argument("--batch-size", type=int, default=None, help="names (conv) or windows (mlp) per step [32]")
     t.add_argument("--learning-rate", type=float, default=None, help="[0.1, /10 after 75%% of the steps]")
-    t.add_argument("--eval-interval", type=int, default=None, help="steps between val loss and checkpoint [10000]")
+    t.add_argument("--eval-interval", type=int, default=None,
+                   help="steps between val loss and checkpoint [conv 5000, mlp 10000]")
+    t.add_argument("--group-by-length", type=int, default=None, metavar="K",
+                   help="conv: length-sort names within chunks of K batches (less padding, worse BatchNorm) [0]")
     t.add_argument("--max-length", type=int, default=1000, help="longest line accepted, in characters [1000]")
     t.add_argument("-n", "--num-samples", type=int, default=20, help="samples printed at the end [20]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="train / val / test loss of the model in --work-dir")
     common(e)
+
+    c = sub.add_parser("convert", help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")
+    c.add_argument("-o", "--work-dir", default="out", help="run directory holding an MLP checkpoint [out]")
+    c.add_argument("--into", default=None, help="new run directory for the conv checkpoint [WORK_DIR-conv]")
     return p
 
 

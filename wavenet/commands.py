@@ -15,12 +15,12 @@ from .cli import EXIT_INTERRUPTED
 from .data import Vocab, build_windows, load_words, split_words
 from .errors import WavenetError
 from .evaluate import split_loss
-from .models import build_model, check_block_size
+from .models import ConvWaveNet, build_model, check_block_size
 from .sample import check_sampling, generate, novelty
-from .train import TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
+from .train import RECIPES, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
 
 SPLIT_SEED = 42
-MODEL_DEFAULTS = dict(model="mlp", block_size=8, n_embd=24, n_hidden=128)
+MODEL_DEFAULTS = dict(model="conv", block_size=8, n_embd=24, n_hidden=128)
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 
 
@@ -93,6 +93,9 @@ def train(args) -> int:
         if not ckpt_path.exists():
             raise WavenetError(f"--resume: no checkpoint in {work}")
         resumed = ckpt_io.load_checkpoint(ckpt_path)
+        if "optimizer" not in resumed:
+            raise WavenetError(f"--resume: {ckpt_path} holds no training state (a converted model); "
+                               "train a new run instead")
     elif ckpt_path.exists():
         raise WavenetError(f"{ckpt_path} exists: pass --resume to continue it, or choose another -o/--work-dir")
 
@@ -164,11 +167,11 @@ def _configs(args, resumed):
     (where a flag that contradicts the checkpoint is an error, not silently ignored)."""
     flags = dict(model=args.model, block_size=args.block_size, n_embd=args.n_embd, n_hidden=args.n_hidden)
     train_flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       eval_interval=args.eval_interval, seed=args.seed)
+                       eval_interval=args.eval_interval, seed=args.seed, group_by_length=args.group_by_length)
     if resumed is None:
         model_cfg = {k: v if v is not None else MODEL_DEFAULTS[k] for k, v in flags.items()}
         model_cfg["kind"] = model_cfg.pop("model")
-        cfg = TrainConfig(**{k: v for k, v in train_flags.items() if v is not None})
+        cfg = dataclasses.replace(RECIPES[model_cfg["kind"]], **{k: v for k, v in train_flags.items() if v is not None})
         _check_train_config(cfg, model_cfg)
         return model_cfg, cfg, args.input_file or default_input()
     saved_model = dict(resumed["model_config"])
@@ -195,6 +198,9 @@ def _check_train_config(cfg: TrainConfig, model_cfg: dict) -> None:
 
 
 def _batches(model, train_words, vocab, cfg, generator, device):
+    if model.kind == "conv":
+        return NameBatches(train_words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
+                           group_by_length=cfg.group_by_length)
     X, Y = build_windows(train_words, vocab, model.block_size)
     return WindowBatches(X, Y, cfg.batch_size, generator, device)
 
@@ -231,6 +237,23 @@ def sample(args) -> int:
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
     _print_samples(model, vocab, args.num_samples, generator, splits, ckpt["data"]["longest"], device,
                    args.temperature, args.top_k, args.prefix)
+    return 0
+
+
+def convert(args) -> int:
+    """MLP checkpoint -> conv checkpoint with the same function (ConvWaveNet.from_mlp)."""
+    src = Path(args.work_dir)
+    ckpt = ckpt_io.load_checkpoint(src, kind="mlp")
+    mlp, vocab = ckpt_io.model_from_checkpoint(ckpt)
+    conv = ConvWaveNet.from_mlp(mlp)
+    dst = prepare_work_dir(Path(args.into) if args.into else src.with_name(src.name + "-conv"))
+    target = dst / ckpt_io.CHECKPOINT_NAME
+    if target.exists():
+        raise WavenetError(f"{target} exists: choose another --into")
+    state = dict(model_config=conv.config, model=conv.state_dict(), vocab=vocab.to_dict(), step=ckpt.get("step", 0),
+                 data=ckpt["data"], converted_from=str(src.resolve() / ckpt_io.CHECKPOINT_NAME))
+    ckpt_io.save_checkpoint(target, state)
+    print(f"wrote {target}: conv model converted from the MLP at step {state['step']:,} (same function)")
     return 0
 
 

@@ -3,6 +3,11 @@
 `HierarchicalMLP` is the final network of makemore part 5: characters are embedded, then
 fused in pairs, level by level (FlattenConsecutive(2) -> Linear -> BatchNorm -> Tanh), so 8
 characters of context take 3 levels. It sees one window per target.
+
+`ConvWaveNet` is that tree read as what it is, a WaveNet (van den Oord et al. 2016): a stack
+of dilated causal convolutions, kernel 2, dilations 1, 2, 4, ..., run over a whole padded
+name so that one pass predicts every position. `ConvWaveNet.from_mlp` carries the weights
+over exactly; tests/test_equivalence.py proves the two compute the same function.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import WavenetError
 from .layers import BatchNorm, lecture_linear_weight, lm_loss
@@ -61,6 +67,153 @@ class HierarchicalMLP(nn.Module):
         return logits, lm_loss(logits, targets)
 
 
+class ConvWaveNet(nn.Module):
+    """The same tree as a stack of dilated causal convolutions, run over whole sequences.
+
+    Level i of the tree fuses two vectors 2**i positions apart, so it is a Conv1d with
+    kernel 2 and dilation 2**i; the receptive field is 1 + (1 + 2 + ... + block/2) =
+    block_size. idx (B, T), T >= block_size -> logits (B, T - block_size + 1, V), where
+    output j is the prediction from idx[:, j : j + block_size]. Targets use -1 for padding.
+
+    BatchNorm in training takes its statistics over the positions aligned with real
+    targets, at every layer: layer l at (absolute) position t counts iff output
+    t - block_size + 1 has a real target. Extra right padding changes nothing.
+    """
+
+    kind = "conv"
+
+    def __init__(self, vocab_size: int, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        n_levels = check_block_size(block_size)
+        self.config = dict(kind=self.kind, vocab_size=vocab_size, block_size=block_size,
+                           n_embd=n_embd, n_hidden=n_hidden)
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        widths = [n_embd] + [n_hidden] * n_levels
+        self.fuse = nn.ModuleList(nn.Conv1d(widths[i], n_hidden, kernel_size=2, dilation=2**i, bias=False)
+                                  for i in range(n_levels))
+        self.norm = nn.ModuleList(BatchNorm(n_hidden) for _ in range(n_levels))
+        self.head = nn.Linear(n_hidden, vocab_size)
+        _lecture_init_(self, generator)  # the very draws the MLP gets from the same generator
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + sum(conv.dilation[0] for conv in self.fuse)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, skip_prefix: bool = True):
+        """`skip_prefix`: when the first block_size ids of every row are boundary tokens (as
+        `pad_names` makes them), compute each layer's all-boundary output once instead of at
+        every position. Same function either way; False forces the plain path."""
+        B, T = idx.shape
+        if T < self.block_size:
+            raise ValueError(f"ConvWaveNet needs at least {self.block_size} ids per row, got {T}")
+        real = None if targets is None else targets != -1  # (B, P): outputs that count in BatchNorm
+        if skip_prefix and T > self.block_size and not idx[:, :self.block_size].any():
+            logits = self._forward_skip_prefix(idx[:, self.block_size:], real)
+        else:
+            logits = self._forward_full(idx, real)
+        return logits, lm_loss(logits, targets)
+
+    def _forward_full(self, idx, real):
+        P = idx.shape[1] - self.block_size + 1  # number of outputs
+        x = self.wte(idx).transpose(1, 2)  # (B, C, T)
+        for conv, norm in zip(self.fuse, self.norm):
+            x = conv(x)  # (B, H, T') valid causal conv: output i sees inputs i and i + dilation
+            rows = _aligned_rows(x[:, :, -P:], real) if self.training else None  # last P are aligned
+            mean, var = norm.statistics(rows)
+            x = torch.tanh(norm.normalize(x, mean, var, dim=1))
+        return self.head(x.transpose(1, 2))  # (B, P, H) -> (B, P, V)
+
+    def _forward_skip_prefix(self, idx, real):
+        """idx (B, T - block): the ids after the boundary prefix. Position block - 1 and
+        everything before it sees only boundary tokens, at every layer: one vector `c` per
+        layer stands for all of them, and a layer of dilation d is fed the d copies of it
+        that its first real output needs."""
+        B, n = idx.shape
+        c = self.wte.weight[0]  # (C,) the embedding of the boundary token
+        x = self.wte(idx).transpose(1, 2)  # (B, C, n): positions block .. T - 1
+        for conv, norm in zip(self.fuse, self.norm):
+            d = conv.dilation[0]
+            x = conv(torch.cat([c.view(1, -1, 1).expand(B, -1, d), x], dim=2))  # (B, H, n)
+            c = conv(c.view(1, -1, 1).expand(1, -1, d + 1)).view(-1)  # (H,) all-boundary output
+            rows = None
+            if self.training:  # position block - 1 holds c for every row; then the real ones
+                first = c.expand(B, -1) if real is None else c.expand(B, -1)[real[:, 0]]
+                rows = torch.cat([first, _aligned_rows(x, None if real is None else real[:, 1:])])
+            mean, var = norm.statistics(rows)
+            x = torch.tanh(norm.normalize(x, mean, var, dim=1))
+            c = torch.tanh(norm.normalize(c, mean, var, dim=0))
+        first = self.head(c).expand(B, 1, -1)  # (B, 1, V)
+        return torch.cat([first, self.head(x.transpose(1, 2))], dim=1)  # (B, n + 1, V)
+
+    @classmethod
+    def from_mlp(cls, mlp: "HierarchicalMLP") -> "ConvWaveNet":
+        """Exact transfer: each fusion Linear over [older, newer] becomes a kernel whose tap
+        at t - d is the older half; embedding, BatchNorm (affine and running statistics)
+        and output layer are copied. Same dtype and device as `mlp`."""
+        config = {k: v for k, v in mlp.config.items() if k != "kind"}
+        conv = cls(**config, generator=torch.Generator()).to(mlp.head.weight)
+        state = {k: linear_to_kernel(v) if k.startswith("fuse.") else v for k, v in mlp.state_dict().items()}
+        conv.load_state_dict(state)
+        return conv.train(mlp.training)
+
+    def to_mlp(self) -> "HierarchicalMLP":
+        """The inverse transfer: the per-window model with the same function."""
+        config = {k: v for k, v in self.config.items() if k != "kind"}
+        mlp = HierarchicalMLP(**config, generator=torch.Generator()).to(self.head.weight)
+        state = {k: kernel_to_linear(v) if k.startswith("fuse.") else v for k, v in self.state_dict().items()}
+        mlp.load_state_dict(state)
+        return mlp.train(self.training)
+
+    def boundary_states(self) -> list[torch.Tensor]:
+        """Eval mode: [input of layer 0, input of layer 1, ..., top hidden] at a position
+        whose receptive field holds only boundary tokens; each a (C_l,) vector."""
+        c = self.wte.weight[0]
+        states = [c]
+        for conv, norm in zip(self.fuse, self.norm):
+            c = conv(c.view(1, -1, 1).expand(1, -1, conv.dilation[0] + 1)).view(-1)
+            c = torch.tanh(norm.normalize(c, norm.running_mean, norm.running_var, dim=0))
+            states.append(c)
+        return states
+
+    def step(self, ix: torch.Tensor, cache: "ConvCache") -> torch.Tensor:
+        """Cached generation: feed one new id per row, ix (B,), get the next logits (B, V).
+        Costs one position per layer (Fast WaveNet, Paine et al. 2016). Eval mode."""
+        x = self.wte(ix)  # (B, C)
+        slot = cache.t
+        for (older_w, newer_w), queue, norm in zip(cache.taps, cache.queues, self.norm):
+            s = slot % queue.shape[0]  # this queue holds the last `dilation` inputs
+            h = F.linear(queue[s], older_w) + F.linear(x, newer_w)  # (B, H): taps at t - d and t
+            queue[s] = x
+            x = torch.tanh(norm.normalize(h, norm.running_mean, norm.running_var, dim=1))
+        cache.t += 1
+        return self.head(x)
+
+
+class ConvCache:
+    """Inference state for `ConvWaveNet.step`, outside the model: per layer, a ring buffer
+    (dilation, B, C_in) of its last `dilation` inputs, filled at first with the all-boundary
+    state, so generation starts from an empty context. `logits` are those for that empty
+    context. Valid while the model's weights do not change."""
+
+    def __init__(self, model: ConvWaveNet, batch_size: int):
+        with torch.no_grad():
+            states = model.boundary_states()
+            self.queues = [s.view(1, 1, -1).repeat(conv.dilation[0], batch_size, 1)
+                           for s, conv in zip(states, model.fuse)]  # each (d, B, C_in)
+            self.taps = [(conv.weight[:, :, 0].contiguous(), conv.weight[:, :, 1].contiguous())
+                         for conv in model.fuse]
+            self.logits = model.head(states[-1]).expand(batch_size, -1)  # (B, V)
+        self.t = 0  # real positions fed so far
+
+
+def _aligned_rows(x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """x (B, H, P) -> the rows (N, H) of the positions that count: all, or where real."""
+    rows = x.transpose(1, 2)  # (B, P, H)
+    return rows.reshape(-1, rows.shape[-1]) if real is None else rows[real]
+
+
 def linear_to_kernel(w: torch.Tensor) -> torch.Tensor:
     """A fusion Linear's weight (H, 2C) over [older half, newer half] -> a Conv1d kernel
     (H, C, 2) whose tap 0 (at t - d) takes the older half and tap 1 (at t) the newer."""
@@ -91,7 +244,7 @@ def _lecture_init_(model, generator: torch.Generator | None) -> None:
         model.head.bias.zero_()
 
 
-MODELS = {"mlp": HierarchicalMLP}
+MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet}
 
 
 def build_model(config: dict, generator: torch.Generator | None = None) -> nn.Module:

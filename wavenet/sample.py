@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WavenetError
+from .models import ConvCache
 
 
 class WindowStepper:
@@ -27,13 +28,49 @@ class WindowStepper:
         self.context = torch.cat([self.context[:, 1:], ix[:, None]], dim=1)
 
     def logits(self) -> torch.Tensor:
-        return self.model(self.context)[0]  # (B, V)
+        logits = self.model(self.context)[0]  # (B, V), or (B, 1, V) from the conv
+        return logits if logits.dim() == 2 else logits[:, -1]
+
+
+class FullStepper:
+    """The convolution recomputing every position of the growing prefix at each step."""
+
+    def __init__(self, model, num: int, device):
+        self.model = model
+        self.seq = torch.zeros(num, model.block_size, dtype=torch.long, device=device)  # (B, block + t)
+
+    def push(self, ix: torch.Tensor) -> None:
+        self.seq = torch.cat([self.seq, ix[:, None]], dim=1)
+
+    def logits(self) -> torch.Tensor:
+        return self.model(self.seq)[0][:, -1]  # (B, V): the prediction after the last id
+
+
+class CachedStepper:
+    """The convolution with a ConvCache: one new position per layer per step."""
+
+    def __init__(self, model, num: int, device):
+        self.model, self.cache = model, ConvCache(model, num)
+        self._logits = self.cache.logits
+
+    def push(self, ix: torch.Tensor) -> None:
+        self._logits = self.model.step(ix, self.cache)
+
+    def logits(self) -> torch.Tensor:
+        return self._logits
+
+
+STEPPERS = {"window": WindowStepper, "full": FullStepper, "cached": CachedStepper}
 
 
 def make_stepper(model, num: int, device, method: str = "auto"):
-    if method in ("auto", "window") and model.kind == "mlp":
-        return WindowStepper(model, num, device)
-    raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
+    """'auto': the MLP on its window, the convolution with its cache. 'window' works for
+    both models (the conv on exactly block_size ids); 'full' and 'cached' need the conv."""
+    if method == "auto":
+        method = "window" if model.kind == "mlp" else "cached"
+    if method not in STEPPERS or (method != "window" and model.kind != "conv"):
+        raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
+    return STEPPERS[method](model, num, device)
 
 
 def check_sampling(vocab_size: int, num: int, temperature: float, top_k: int | None) -> None:

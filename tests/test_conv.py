@@ -1,0 +1,129 @@
+"""Whole-name training and cached generation for ConvWaveNet."""
+
+import pytest
+import torch
+
+from wavenet.data import Vocab, build_windows, pad_names
+from wavenet.models import ConvCache, ConvWaveNet
+from wavenet.sample import generate
+from wavenet.train import NameBatches
+
+WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
+VOCAB = Vocab.from_words(WORDS)
+
+
+def model(block_size=8, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = ConvWaveNet(len(VOCAB), block_size=block_size, n_embd=6, n_hidden=10, generator=g).to(dtype)
+    with torch.no_grad():
+        for norm in m.norm:
+            norm.running_mean.normal_(generator=g)
+            norm.running_var.uniform_(0.5, 2.0, generator=g)
+            norm.weight.normal_(generator=g)
+            norm.bias.normal_(generator=g)
+    return m
+
+
+def train_step(m, X, Y, skip_prefix=True):
+    m.train()
+    m.zero_grad()
+    logits, loss = m(X, Y, skip_prefix=skip_prefix)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    stats = {n: b.clone() for n, b in m.named_buffers()}
+    return logits, loss, grads, stats
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 16])
+@pytest.mark.parametrize("skip_prefix", [True, False])
+def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix):
+    X, Y = pad_names(WORDS, VOCAB, block_size)
+    Xp = torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1)
+    Yp = torch.cat([Y, torch.full((len(Y), 5), -1)], 1)
+    a = train_step(model(block_size), X, Y, skip_prefix)
+    b = train_step(model(block_size), Xp, Yp, skip_prefix)
+    real = Y != -1
+    torch.testing.assert_close(b[0][:, :Y.shape[1]][real], a[0][real], rtol=0, atol=1e-12)
+    torch.testing.assert_close(b[1], a[1], rtol=0, atol=1e-12)
+    for name in a[2]:
+        torch.testing.assert_close(b[2][name], a[2][name], rtol=0, atol=1e-12, msg=name)
+    for name in a[3]:
+        torch.testing.assert_close(b[3][name], a[3][name], rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("block_size", [4, 8, 32])
+def test_skip_prefix_is_the_same_function_in_training(block_size):
+    X, Y = pad_names(WORDS, VOCAB, block_size)
+    a = train_step(model(block_size), X, Y, skip_prefix=True)
+    b = train_step(model(block_size), X, Y, skip_prefix=False)
+    for x, y in zip(a[:2], b[:2]):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    for d in (2, 3):
+        for name in a[d]:
+            torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)
+
+
+def test_training_statistics_count_positions_aligned_with_real_targets():
+    """Layer-0 BatchNorm in training: mean and unbiased variance over exactly the rows at
+    positions aligned with real targets (one row per target), computed by hand."""
+    m = model(8)
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    m.train()
+    before = m.norm[0].running_mean.clone()
+    m(X, Y)
+    h = m.fuse[0](m.wte(X).transpose(1, 2))  # (B, H, T - 1); index i is position i + 1
+    rows = h[:, :, 8 - 2:].transpose(1, 2)[Y != -1]  # positions 7.. aligned with outputs 0..
+    assert rows.shape[0] == sum(len(w) + 1 for w in WORDS)
+    expected = 0.9 * before + 0.1 * rows.mean(0)
+    torch.testing.assert_close(m.norm[0].running_mean, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_size, dtype, tol", [(8, torch.float32, 1e-5), (16, torch.float64, 1e-10),
+                                                    (2, torch.float64, 1e-10)])
+def test_cached_logits_equal_full_forward_at_every_step(block_size, dtype, tol):
+    m = model(block_size, dtype).eval()
+    X, Y = pad_names(WORDS, VOCAB, block_size)
+    with torch.no_grad():
+        full = m(X, skip_prefix=False)[0]  # (B, L + 1, V)
+        cache = ConvCache(m, len(WORDS))
+        torch.testing.assert_close(cache.logits, full[:, 0], rtol=0, atol=tol)
+        for t in range(X.shape[1] - block_size):
+            logits = m.step(X[:, block_size + t], cache)
+            torch.testing.assert_close(logits, full[:, t + 1], rtol=0, atol=tol)
+
+
+def test_cached_and_full_sampling_draw_identical_names():
+    m = model(8, torch.float32).eval()
+    for seed in range(3):
+        kwargs = dict(generator=torch.Generator().manual_seed(seed), max_new_tokens=30)
+        cached = generate(m, 64, method="cached", **kwargs)
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+        full = generate(m, 64, method="full", **kwargs)
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+        window = generate(m, 64, method="window", **kwargs)
+        assert cached == full == window
+        assert len({tuple(n) for n in cached}) > 10
+
+
+def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
+    words = [w * k for w in WORDS for k in (1, 2, 3)]
+    nb = NameBatches(words, Vocab.from_words(words), 4, 7, seed=3)
+    seen = []
+    for _ in range(nb.per_epoch):
+        X, Y = nb.next()
+        seen += [VOCAB.decode(x[4:][x[4:] != 0].tolist()) for x in X]
+    assert sorted(seen) == sorted(words)
+    later = [nb.next() for _ in range(5)]
+    again = NameBatches(words, Vocab.from_words(words), 4, 7, seed=3)
+    again.load_state_dict({"step": nb.per_epoch})
+    for X, Y in later:
+        X2, Y2 = again.next()
+        assert torch.equal(X, X2) and torch.equal(Y, Y2)
+
+
+def test_whole_name_objective_is_the_per_position_objective():
+    """Loss over padded names == mean loss over every window of those names (eval)."""
+    m = model(8).eval()
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    Xw, Yw = build_windows(WORDS, VOCAB, 8)
+    torch.testing.assert_close(m(X, Y)[1], m.to_mlp().eval()(Xw, Yw)[1], rtol=0, atol=1e-12)
