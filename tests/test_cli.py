@@ -82,3 +82,29 @@ def test_python_dash_m_entry_point(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "wavenet: error: --block-size must be a power of two >= 2 (2, 4, 8, 16, ...), got 5"
+
+
+def test_conv_is_the_default_and_convert_keeps_the_loss(tmp_path, tiny_file, capsys):
+    work = tmp_path / "conv"
+    code, out, err = run(capsys, "train", "-i", tiny_file, "-o", work, *TINY, "-n", "3")
+    assert code == 0, err
+    assert out.startswith("conv model")
+    assert run(capsys, "sample", "-o", work, "-n", "4", "--seed", "2")[0] == 0
+
+    mlp_dir, conv_dir = tmp_path / "mlp", tmp_path / "converted"
+    assert run(capsys, "train", "--model", "mlp", "-i", tiny_file, "-o", mlp_dir, *TINY, "-n", "1")[0] == 0
+    code, out, err = run(capsys, "convert", "-o", mlp_dir, "--into", conv_dir)
+    assert code == 0, err
+    from wavenet.checkpoint import load_checkpoint, model_from_checkpoint
+    from wavenet.commands import load_split
+    from wavenet.evaluate import split_loss
+    mlp, vocab = model_from_checkpoint(load_checkpoint(mlp_dir, kind="mlp"))
+    ckpt = load_checkpoint(conv_dir, kind="conv")
+    conv, _ = model_from_checkpoint(ckpt)
+    for words in load_split(ckpt["data"]):
+        assert abs(split_loss(conv, words, vocab) - split_loss(mlp, words, vocab)) < 1e-6
+    assert run(capsys, "eval", "-o", conv_dir)[1] == run(capsys, "eval", "-o", mlp_dir)[1]
+    code, _, err = run(capsys, "convert", "-o", work)
+    assert code == 2 and "holds a 'conv' model, expected 'mlp'" in err
+    code, _, err = run(capsys, "train", "-o", conv_dir, "--resume")
+    assert code == 2 and "no training state" in err

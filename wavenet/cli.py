@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")
     c.add_argument("-o", "--work-dir", default="out", help="run directory holding an MLP checkpoint [out]")
     c.add_argument("--into", default=None, help="new run directory for the conv checkpoint [WORK_DIR-conv]")
+
+    b = sub.add_parser("bench", help="MLP vs conv: evaluation, training, sampling, memory, across contexts")
+    b.add_argument("--full", action="store_true", help="the whole training split and 1,000-name lecture loop "
+                   "(tens of minutes on 2 cores); default: quick mode, under 2 minutes")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
+    b.add_argument("-i", "--input-file", default=None, help="names to build both data sets from [data/names.txt]")
+    b.add_argument("--blocks", default=None, help="comma-separated block sizes [8,16,32,64]")
+    b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure, median reported [5]")
+    b.add_argument("--out", default="benchmarks/results", help="folder for bench.json and speedup.png "
+                   "[benchmarks/results]")
+    b.add_argument("--log", default="benchmarks/perf_log.md", help="performance log to append a line to "
+                   "[benchmarks/perf_log.md]")
     return p
 
 

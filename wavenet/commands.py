@@ -83,6 +83,8 @@ def load_split(data_info: dict, input_file=None):
 def train(args) -> int:
     if args.max_length < 1:
         raise WavenetError(f"--max-length must be at least 1, got {args.max_length}")
+    if args.num_samples < 0:
+        raise WavenetError(f"-n/--num-samples must be 0 or more, got {args.num_samples}")
     device = resolve_device(args.device)
     work = prepare_work_dir(Path(args.work_dir))
     lock = lock_work_dir(work)  # noqa: F841  (held until the process exits)
@@ -157,8 +159,9 @@ def train(args) -> int:
     print(f"train loss {tr:.4f}")
     print(f"val loss   {va:.4f}")
     print(f"checkpoint: {ckpt_path}")
-    _print_samples(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed),
-                   split_words(words, seed=SPLIT_SEED), data_info["longest"], device)
+    if args.num_samples:
+        _print_samples(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed),
+                       split_words(words, seed=SPLIT_SEED), data_info["longest"], device)
     return 0
 
 
@@ -261,4 +264,31 @@ def eval(args) -> int:  # noqa: A001  (the command is called eval)
     ckpt, model, vocab, device = _load_run(args)
     for name, words in zip(("train", "val", "test"), load_split(ckpt["data"])):
         print(f"{name:5} loss {split_loss(model, words, vocab, device):.4f}  ({sum(len(w) + 1 for w in words):,} targets)")
+    return 0
+
+
+def bench(args) -> int:
+    from . import bench as B
+    cfg = B.FULL if args.full else B.QUICK
+    changes = dict(device=resolve_device(args.device))
+    if args.blocks:
+        try:
+            changes["blocks"] = tuple(int(b) for b in args.blocks.split(","))
+        except ValueError:
+            raise WavenetError(f"--blocks must be comma-separated integers, got '{args.blocks}'") from None
+        for block in changes["blocks"]:
+            check_block_size(block)
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise WavenetError(f"--repeats must be at least 1, got {args.repeats}")
+        changes["repeats"] = args.repeats
+    cfg = dataclasses.replace(cfg, **changes)
+    names = load_words(args.input_file or default_input())
+    print(f"wavenet bench ({'full' if args.full else 'quick'}): device {cfg.device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+    results = B.run(names, cfg, log=lambda line: print(line, flush=True))
+    print()
+    print(B.markdown(results))
+    for path in B.write_outputs(results, Path(args.out), Path(args.log)):
+        print(f"wrote {path}")
     return 0

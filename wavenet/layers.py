@@ -41,11 +41,13 @@ class BatchNorm(nn.Module):
         return mean, var
 
     def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, dim: int) -> torch.Tensor:
-        """gamma * (x - mean) / sqrt(var + eps) + beta, with features along `dim` of x."""
+        """gamma * (x - mean) / sqrt(var + eps) + beta, with features along `dim` of x,
+        computed as one fused x * scale + shift over the big tensor."""
         shape = [1] * x.dim()
         shape[dim] = -1
         scale = self.weight * torch.rsqrt(var + self.eps)
-        return (x - mean.view(shape)) * scale.view(shape) + self.bias.view(shape)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
 
 
 def lecture_linear_weight(fan_in: int, fan_out: int, generator: torch.Generator | None) -> torch.Tensor:

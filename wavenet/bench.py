@@ -1,0 +1,340 @@
+"""Benchmarks: the per-position MLP against the convolution, side by side, in one process.
+
+Every figure compares the two models on the same weights (the conv is `from_mlp` of the
+MLP), the same work and the same threads, timed alternately (MLP, conv, MLP, conv, ...)
+after a warm-up, and reported as the median of the repeats. Beside each measured speed-up
+stands the limit the layer shapes allow: the ratio of FLOPs per target position.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .data import Vocab, build_windows, pad_names, split_words
+from .evaluate import eval_batches
+from .models import ConvWaveNet, HierarchicalMLP
+from .sample import generate
+from .train import NameBatches
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = True
+    device: str = "cpu"
+    repeats: int = 5
+    blocks: tuple = (8, 16, 32, 64)
+    datasets: tuple = ("names", "fullnames")
+    train_positions: tuple = (32, 256, 2048)
+    eval_words: int | None = 3_000       # None: the whole training split
+    sample_names: int = 1_000
+    lecture_names: int = 100             # the one-name-at-a-time loop is slow: fewer names, per-name rate
+    n_embd: int = 24
+    n_hidden: int = 128
+    seed: int = 42
+
+
+QUICK = BenchConfig()
+FULL = BenchConfig(quick=False, eval_words=None, lecture_names=1_000)
+
+
+# ----------------------------------------------------------------------------- data sets
+
+def full_names(names: list[str], seed: int = 0) -> list[str]:
+    """Longer lines built deterministically from the names: 2-4 names joined by spaces."""
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(names):
+        k = rng.randint(2, 4)
+        out.append(" ".join(names[i:i + k]))
+        i += k
+    return out
+
+
+def datasets(names: list[str], which) -> dict[str, tuple[list[str], Vocab]]:
+    train = split_words(names)[0]
+    made = {"names": train, "fullnames": full_names(train)}
+    return {k: (made[k], Vocab.from_words(made[k])) for k in which}
+
+
+# ----------------------------------------------------------------------------- the limit
+
+def flops_per_target(model) -> int:
+    """Multiply-adds x 2 of the matrix products for one target position, from the layer
+    shapes. The MLP recomputes its whole tree per window; the conv computes one position
+    per layer per target (the boundary prefix skipped; padding not counted)."""
+    head = 2 * model.head.in_features * model.head.out_features
+    total = head
+    for level, layer in enumerate(model.fuse):
+        if isinstance(layer, torch.nn.Linear):
+            positions = model.block_size >> (level + 1)
+            total += positions * 2 * layer.in_features * layer.out_features
+        else:
+            total += 2 * (2 * layer.in_channels) * layer.out_channels
+    return total
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def race(fns: dict, repeats: int, device) -> dict[str, float]:
+    """Median seconds of each callable, run alternately after one warm-up round each."""
+    times = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r > 0:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def saved_bytes(step) -> int:
+    """Bytes of the tensors autograd saves for the backward pass during `step()` (the
+    activation memory of a training step, which is what grows with batch and context);
+    each storage counted once."""
+    seen = {}
+
+    def pack(t):
+        try:
+            key = t.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except RuntimeError:
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+# ----------------------------------------------------------------------------- the sections
+
+def pair(vocab: Vocab, block: int, cfg: BenchConfig):
+    mlp = HierarchicalMLP(len(vocab), block, cfg.n_embd, cfg.n_hidden,
+                          generator=torch.Generator().manual_seed(cfg.seed)).to(cfg.device)
+    return mlp, ConvWaveNet.from_mlp(mlp)
+
+
+@torch.no_grad()
+def bench_eval(mlp, conv, words, vocab, cfg) -> dict:
+    mlp.eval(), conv.eval()
+    windows = [(x.to(cfg.device), y) for x, y in eval_batches(mlp, words, vocab)]
+    names = [(x.to(cfg.device), y) for x, y in eval_batches(conv, words, vocab)]
+    targets = sum(len(w) + 1 for w in words)
+    t = race({"mlp": lambda: [mlp(x) for x, _ in windows], "conv": lambda: [conv(x) for x, _ in names]},
+             cfg.repeats, cfg.device)
+    return dict(targets=targets, mlp_s=t["mlp"], conv_s=t["conv"], speedup=t["mlp"] / t["conv"])
+
+
+def bench_train(mlp, conv, words, vocab, positions, cfg) -> dict:
+    """fwd + bwd + SGD step at about `positions` target positions per step, on copies (the
+    steps change the weights; the other sections keep the shared ones)."""
+    mlp, conv = copy.deepcopy(mlp).train(), copy.deepcopy(conv).train()
+    X, Y = build_windows(words, vocab, mlp.block_size)
+    g = torch.Generator().manual_seed(0)
+    ix = torch.randint(0, len(X), (positions,), generator=g)
+    xb, yb = X[ix].to(cfg.device), Y[ix].to(cfg.device)
+    per_name = sum(len(w) + 1 for w in words) / len(words)
+    batch_names = max(2, round(positions / per_name))
+    nb = NameBatches(words, vocab, conv.block_size, batch_names, seed=0, device=cfg.device)
+    xn, yn = nb.next()
+    conv_targets = int((yn != -1).sum())
+    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4) for m in (mlp, conv)}
+
+    def step(model, x, y):
+        _, loss = model(x, y)
+        opts[model].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[model].step()
+
+    steps = 3 if positions >= 1024 else 10
+    t = race({"mlp": lambda: [step(mlp, xb, yb) for _ in range(steps)],
+              "conv": lambda: [step(conv, xn, yn) for _ in range(steps)]}, cfg.repeats, cfg.device)
+    mlp_rate, conv_rate = steps * positions / t["mlp"], steps * conv_targets / t["conv"]
+    mem = {}
+    for name, model, x, y, n in (("mlp", mlp, xb, yb, positions), ("conv", conv, xn, yn, conv_targets)):
+        mem[name] = saved_bytes(lambda: model(x, y)[1].backward()) / n
+    return dict(positions=positions, conv_names=batch_names, conv_targets=conv_targets,
+                conv_padding=1 - conv_targets / yn.numel(), mlp_pos_per_s=mlp_rate, conv_pos_per_s=conv_rate,
+                speedup=conv_rate / mlp_rate, mlp_bytes_per_pos=mem["mlp"], conv_bytes_per_pos=mem["conv"])
+
+
+@torch.no_grad()
+def lecture_loop(mlp, num: int, max_new: int, generator) -> list[list[int]]:
+    """The lecture's sampler: one name at a time, the MLP on a Python list window."""
+    out = []
+    for _ in range(num):
+        context, name = [0] * mlp.block_size, []
+        for _ in range(max_new):
+            logits, _ = mlp(torch.tensor([context], device=mlp.head.weight.device))
+            ix = torch.multinomial(torch.softmax(logits, dim=1).cpu(), 1, generator=generator).item()
+            if ix == 0:
+                break
+            context = context[1:] + [ix]
+            name.append(ix)
+        out.append(name)
+    return out
+
+
+def bench_sample(mlp, conv, words, cfg) -> dict:
+    mlp.eval(), conv.eval()
+    max_new = max(map(len, words)) + 1
+    n, n_lecture = cfg.sample_names, cfg.lecture_names
+
+    def batched(model, method):
+        return lambda: generate(model, n, generator=torch.Generator().manual_seed(1), method=method,
+                                max_new_tokens=max_new, device=cfg.device)
+
+    fns = {"lecture": lambda: lecture_loop(mlp, n_lecture, max_new, torch.Generator().manual_seed(1)),
+           "mlp_batched": batched(mlp, "window"), "conv_full": batched(conv, "full"),
+           "conv_cached": batched(conv, "cached")}
+    t = race(fns, cfg.repeats, cfg.device)
+    rates = {k: (n_lecture if k == "lecture" else n) / v for k, v in t.items()}
+    same = batched(conv, "cached")() == batched(conv, "full")() == batched(mlp, "window")()
+    return dict(names=n, lecture_names=n_lecture, max_new_tokens=max_new, identical_names=same,
+                **{f"{k}_names_per_s": v for k, v in rates.items()},
+                cached_vs_lecture=rates["conv_cached"] / rates["lecture"],
+                cached_vs_mlp_batched=rates["conv_cached"] / rates["mlp_batched"],
+                cached_vs_full=rates["conv_cached"] / rates["conv_full"])
+
+
+def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
+    results = dict(config=asdict(cfg), machine=machine(cfg.device), rows=[])
+    for dname, (words, vocab) in datasets(names, cfg.datasets).items():
+        eval_words = words if cfg.eval_words is None else words[:cfg.eval_words]
+        for block in cfg.blocks:
+            mlp, conv = pair(vocab, block, cfg)
+            row = dict(dataset=dname, block=block, mlp_flops=flops_per_target(mlp),
+                       conv_flops=flops_per_target(conv))
+            row["flop_ratio"] = row["mlp_flops"] / row["conv_flops"]
+            row["eval"] = bench_eval(mlp, conv, eval_words, vocab, cfg)
+            log(f"{dname} block {block}: eval speed-up {row['eval']['speedup']:.2f}x (FLOP ratio {row['flop_ratio']:.2f})")
+            row["train"] = [bench_train(mlp, conv, words, vocab, p, cfg) for p in cfg.train_positions]
+            log(f"{dname} block {block}: train speed-up "
+                + ", ".join(f"{r['speedup']:.2f}x @{r['positions']}" for r in row["train"]))
+            row["sample"] = bench_sample(mlp, conv, words, cfg)
+            log(f"{dname} block {block}: cached sampling {row['sample']['cached_vs_lecture']:.1f}x the lecture loop")
+            results["rows"].append(row)
+    return results
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def machine(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    return dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu, gpu=gpu,
+                threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, device=device)
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    lines = ["| data | block | FLOP ratio | eval speed-up | " +
+             " | ".join(f"train speed-up @{p}" for p in results["config"]["train_positions"]) +
+             " | MLP / conv bytes per pos (train @256) |",
+             "|---|---:|---:|---:|" + "---:|" * len(results["config"]["train_positions"]) + "---:|"]
+    for r in rows:
+        t256 = next((t for t in r["train"] if t["positions"] == 256), r["train"][0])
+        lines.append(f"| {r['dataset']} | {r['block']} | {r['flop_ratio']:.2f}x | {r['eval']['speedup']:.2f}x | "
+                     + " | ".join(f"{t['speedup']:.2f}x" for t in r["train"])
+                     + f" | {t256['mlp_bytes_per_pos']:,.0f} / {t256['conv_bytes_per_pos']:,.0f} |")
+    lines += ["", "| data | block | lecture loop | MLP batched | conv full | conv cached | cached / lecture "
+              "| cached / MLP batched | cached / full | identical names |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        s = r["sample"]
+        lines.append(f"| {r['dataset']} | {r['block']} | {s['lecture_names_per_s']:,.0f} | "
+                     f"{s['mlp_batched_names_per_s']:,.0f} | {s['conv_full_names_per_s']:,.0f} | "
+                     f"{s['conv_cached_names_per_s']:,.0f} | {s['cached_vs_lecture']:.1f}x | "
+                     f"{s['cached_vs_mlp_batched']:.2f}x | {s['cached_vs_full']:.2f}x | "
+                     f"{'yes' if s['identical_names'] else 'NO'} |")
+    lines += ["", "Sampling in names per second. Eval: the whole split, " +
+              ("all of it" if results["config"]["eval_words"] is None else
+               f"the first {results['config']['eval_words']:,} items") + ", per model. "
+              f"Median of {results['config']['repeats']} alternating repeats after a warm-up."]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, dname in enumerate(results["config"]["datasets"]):
+        rows = [r for r in results["rows"] if r["dataset"] == dname]
+        blocks = [r["block"] for r in rows]
+        style = "-" if i == 0 else "--"
+        ax.plot(blocks, [r["flop_ratio"] for r in rows], "k" + style, label=f"FLOP ratio ({dname})")
+        ax.plot(blocks, [r["eval"]["speedup"] for r in rows], "o" + style, label=f"eval ({dname})")
+        ax.plot(blocks, [r["train"][-1]["speedup"] for r in rows], "s" + style,
+                label=f"train @{rows[0]['train'][-1]['positions']} ({dname})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(results["config"]["blocks"], [str(b) for b in results["config"]["blocks"]])
+    ax.set_xlabel("context (block size)")
+    ax.set_ylabel("conv speed-up over the MLP")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def log_line(results: dict) -> str:
+    m, rows = results["machine"], results["rows"]
+    key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x "
+                    f"train {r['train'][-1]['speedup']:.2f}x (flop {r['flop_ratio']:.2f}x) "
+                    f"cached {r['sample']['cached_vs_lecture']:.0f}x" for r in rows)
+    mode = "quick" if results["config"]["quick"] else "full"
+    return (f"| {m['date']} | {mode} | {m['device']} | {m['gpu'] or m['cpu']} | {m['threads']} | "
+            f"{m['torch']} | {m['commit']} | {key} |")
+
+
+def write_outputs(results: dict, out_dir: Path, perf_log: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "bench.json"]
+    written[0].write_text(json.dumps(results, indent=1))
+    if plot(results, out_dir / "speedup.png"):
+        written.append(out_dir / "speedup.png")
+    if not perf_log.exists():
+        perf_log.write_text("# Performance log\n\nOne row per `wavenet bench` run (quick or full).\n\n"
+                            "| date | mode | device | processor | threads | torch | commit | key ratios |\n"
+                            "|---|---|---|---|---:|---|---|---|\n")
+    with open(perf_log, "a") as f:
+        f.write(log_line(results) + "\n")
+    written.append(perf_log)
+    return written
