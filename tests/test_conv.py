@@ -127,3 +127,16 @@ def test_whole_name_objective_is_the_per_position_objective():
     X, Y = pad_names(WORDS, VOCAB, 8)
     Xw, Yw = build_windows(WORDS, VOCAB, 8)
     torch.testing.assert_close(m(X, Y)[1], m.to_mlp().eval()(Xw, Yw)[1], rtol=0, atol=1e-12)
+
+
+def test_each_layer_is_the_conv1d_it_holds():
+    """The stack applies each kernel as two matrix products, channels last; that is exactly
+    the module's own Conv1d over (B, C, T), dilation included."""
+    m = model(16)
+    x = torch.randn(3, 30, 6, dtype=torch.float64)  # (B, T, C)
+    for conv in m.fuse:
+        reference = conv(x.transpose(1, 2)).transpose(1, 2)  # torch's Conv1d, (B, T - d, H)
+        d = conv.dilation[0]
+        from wavenet.models import _causal_conv
+        torch.testing.assert_close(_causal_conv(conv, x[:, :-d], x[:, d:]), reference, rtol=0, atol=1e-12)
+        x = torch.tanh(reference)

@@ -38,16 +38,16 @@ class BenchConfig:
     blocks: tuple = (8, 16, 32, 64)
     datasets: tuple = ("names", "fullnames")
     train_positions: tuple = (32, 256, 2048)
-    eval_words: int | None = 3_000       # None: the whole training split
-    sample_names: int = 1_000
-    lecture_names: int = 100             # the one-name-at-a-time loop is slow: fewer names, per-name rate
+    eval_words: int | None = 500         # items of the training split to evaluate; None: all
+    sample_names: int = 200
+    lecture_names: int = 20              # the one-name-at-a-time loop is slow: fewer names, per-name rate
     n_embd: int = 24
     n_hidden: int = 128
     seed: int = 42
 
 
 QUICK = BenchConfig()
-FULL = BenchConfig(quick=False, eval_words=None, lecture_names=1_000)
+FULL = BenchConfig(quick=False, eval_words=None, sample_names=1_000, lecture_names=1_000)
 
 
 # ----------------------------------------------------------------------------- data sets

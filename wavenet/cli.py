@@ -39,11 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--block-size", type=int, default=None, help="context length, a power of two [8]")
     t.add_argument("--n-embd", type=int, default=None, help="embedding width [24]")
     t.add_argument("--n-hidden", type=int, default=None, help="hidden width [128]")
-    t.add_argument("--max-steps", type=int, default=None, help="[conv 40000, mlp 200000]")
+    t.add_argument("--max-steps", type=int, default=None, help="[conv 25000, mlp 200000]")
     t.add_argument("--batch-size", type=int, default=None, help="names (conv) or windows (mlp) per step [32]")
-    t.add_argument("--learning-rate", type=float, default=None, help="[0.1, /10 after 75%% of the steps]")
+    t.add_argument("--learning-rate", type=float, default=None, help="[0.1]")
+    t.add_argument("--decay-at", type=float, default=None, metavar="FRACTION",
+                   help="the learning rate drops tenfold after this fraction of --max-steps [conv 0.9, mlp 0.75]")
     t.add_argument("--eval-interval", type=int, default=None,
-                   help="steps between val loss and checkpoint [conv 5000, mlp 10000]")
+                   help="steps between val loss and checkpoint [conv 2500, mlp 10000]")
     t.add_argument("--group-by-length", type=int, default=None, metavar="K",
                    help="conv: length-sort names within chunks of K batches (less padding, worse BatchNorm) [0]")
     t.add_argument("--max-length", type=int, default=1000, help="longest line accepted, in characters [1000]")

@@ -17,7 +17,7 @@ from .errors import WavenetError
 from .evaluate import split_loss
 from .models import ConvWaveNet, build_model, check_block_size
 from .sample import check_sampling, generate, novelty
-from .train import RECIPES, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
+from .train import RECIPES, Diverged, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
 
 SPLIT_SEED = 42
 MODEL_DEFAULTS = dict(model="conv", block_size=8, n_embd=24, n_hidden=128)
@@ -86,21 +86,13 @@ def train(args) -> int:
     if args.num_samples < 0:
         raise WavenetError(f"-n/--num-samples must be 0 or more, got {args.num_samples}")
     device = resolve_device(args.device)
-    work = prepare_work_dir(Path(args.work_dir))
-    lock = lock_work_dir(work)  # noqa: F841  (held until the process exits)
+    work = Path(args.work_dir)
+    if work.exists() and not work.is_dir():
+        raise WavenetError(f"-o/--work-dir {work}: exists and is not a directory")
     ckpt_path = work / ckpt_io.CHECKPOINT_NAME
     metrics_path = work / "metrics.jsonl"
-    resumed = None
-    if args.resume:
-        if not ckpt_path.exists():
-            raise WavenetError(f"--resume: no checkpoint in {work}")
-        resumed = ckpt_io.load_checkpoint(ckpt_path)
-        if "optimizer" not in resumed:
-            raise WavenetError(f"--resume: {ckpt_path} holds no training state (a converted model); "
-                               "train a new run instead")
-    elif ckpt_path.exists():
-        raise WavenetError(f"{ckpt_path} exists: pass --resume to continue it, or choose another -o/--work-dir")
-
+    resumed = _resumable(ckpt_path) if args.resume else _refuse_existing(ckpt_path)
+    # Everything the user gave is checked before anything is written.
     model_cfg, cfg, input_file = _configs(args, resumed)
     words = load_words(input_file, args.max_length)
     data_info = dict(path=str(Path(input_file).resolve()), sha256=file_sha256(Path(input_file)),
@@ -111,6 +103,12 @@ def train(args) -> int:
     if resumed is not None and vocab != Vocab.from_dict(resumed["vocab"]):
         raise WavenetError("--resume: the checkpoint's vocabulary differs from the input file's")
     train_words, val_words, _ = split_words(words, seed=SPLIT_SEED)
+    prepare_work_dir(work)
+    lock = lock_work_dir(work)  # noqa: F841  (held until the process exits)
+    if resumed is None:
+        _refuse_existing(ckpt_path)  # another run may have finished there meanwhile
+    for stale in work.glob(ckpt_io.CHECKPOINT_NAME + ".*.tmp"):  # left by a process killed mid-write
+        stale.unlink()
 
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model({**model_cfg, "vocab_size": len(vocab)}, generator=generator).to(device)
@@ -146,8 +144,13 @@ def train(args) -> int:
         if args.no_progress:
             print(f"step {at_step:,}: val loss {val:.4f}")
 
-    result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
-                        on_interval=on_interval, progress=not args.no_progress)
+    try:
+        result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
+                            on_interval=on_interval, progress=not args.no_progress)
+    except Diverged as e:
+        kept = (f"the last good checkpoint is kept: {ckpt_path} (step {ckpt_io.load_checkpoint(ckpt_path)['step']:,})"
+                if ckpt_path.exists() else "no checkpoint was written")
+        raise Diverged(f"{e}; {kept}") from None
     if result.interrupted:
         save(result.step)
         print(f"interrupted at step {result.step:,}: checkpoint saved to {ckpt_path}; "
@@ -165,11 +168,27 @@ def train(args) -> int:
     return 0
 
 
+def _resumable(ckpt_path: Path) -> dict:
+    if not ckpt_path.exists():
+        raise WavenetError(f"--resume: no checkpoint in {ckpt_path.parent}")
+    resumed = ckpt_io.load_checkpoint(ckpt_path)
+    if "optimizer" not in resumed:
+        raise WavenetError(f"--resume: {ckpt_path} holds no training state (a converted model); "
+                           "train a new run instead")
+    return resumed
+
+
+def _refuse_existing(ckpt_path: Path) -> None:
+    if ckpt_path.exists():
+        raise WavenetError(f"{ckpt_path} exists: pass --resume to continue it, or choose another -o/--work-dir")
+
+
 def _configs(args, resumed):
     """The model and training configs: from the flags, or from the checkpoint on --resume
     (where a flag that contradicts the checkpoint is an error, not silently ignored)."""
     flags = dict(model=args.model, block_size=args.block_size, n_embd=args.n_embd, n_hidden=args.n_hidden)
     train_flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                       decay_at=args.decay_at,
                        eval_interval=args.eval_interval, seed=args.seed, group_by_length=args.group_by_length)
     if resumed is None:
         model_cfg = {k: v if v is not None else MODEL_DEFAULTS[k] for k, v in flags.items()}
@@ -195,8 +214,12 @@ def _check_train_config(cfg: TrainConfig, model_cfg: dict) -> None:
             raise WavenetError(f"--{flag} must be at least 1, got {value}")
     if cfg.batch_size < 2:
         raise WavenetError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {cfg.batch_size}")
-    if not cfg.learning_rate > 0:
-        raise WavenetError(f"--learning-rate must be positive, got {cfg.learning_rate}")
+    if not 0 < cfg.learning_rate < float("inf"):
+        raise WavenetError(f"--learning-rate must be a positive number, got {cfg.learning_rate}")
+    if not 0 <= cfg.decay_at <= 1:
+        raise WavenetError(f"--decay-at must be a fraction between 0 and 1, got {cfg.decay_at}")
+    if cfg.group_by_length < 0:
+        raise WavenetError(f"--group-by-length must be 0 or more, got {cfg.group_by_length}")
     check_block_size(model_cfg["block_size"])
 
 

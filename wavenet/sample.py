@@ -100,7 +100,10 @@ def generate(model, num: int, *, generator: torch.Generator | None = None, tempe
         if top_k is not None:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        ix = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+        probs = F.softmax(logits, dim=-1)
+        if not torch.isfinite(probs).all():
+            raise WavenetError("the model gives non-finite probabilities (a diverged checkpoint?)")
+        ix = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
         draws.append(ix)
         done |= ix == 0
         if done.all():
