@@ -54,10 +54,12 @@ def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix):
 @pytest.mark.parametrize("block_size", [4, 8, 32])
 def test_skip_prefix_is_the_same_function_in_training(block_size):
     X, Y = pad_names(WORDS, VOCAB, block_size)
-    a = train_step(model(block_size), X, Y, skip_prefix=True)
-    b = train_step(model(block_size), X, Y, skip_prefix=False)
-    for x, y in zip(a[:2], b[:2]):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    a = train_step(model(block_size), X, Y, skip_prefix=True)  # packed: no padding computed
+    b = train_step(model(block_size), X, Y, skip_prefix=False)  # every position computed
+    real = Y != -1
+    torch.testing.assert_close(a[0][real], b[0][real], rtol=0, atol=1e-12)
+    assert not a[0][~real].any(), "the packed path leaves padding logits at 0"
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-12)
     for d in (2, 3):
         for name in a[d]:
             torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)
@@ -140,3 +142,17 @@ def test_each_layer_is_the_conv1d_it_holds():
         from wavenet.models import _causal_conv
         torch.testing.assert_close(_causal_conv(conv, x[:, :-d], x[:, d:]), reference, rtol=0, atol=1e-12)
         x = torch.tanh(reference)
+
+
+def test_packed_training_with_ignored_targets_inside_a_name():
+    """A -1 inside a name drops that target only: its input still feeds later positions."""
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    Y = Y.clone()
+    Y[0, 2] = Y[3, 0] = Y[5, 4] = -1
+    a = train_step(model(8), X, Y, skip_prefix=True)
+    b = train_step(model(8), X, Y, skip_prefix=False)
+    real = Y != -1
+    torch.testing.assert_close(a[0][real], b[0][real], rtol=0, atol=1e-12)
+    for d in (2, 3):
+        for name in a[d]:
+            torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)

@@ -116,7 +116,10 @@ class ConvWaveNet(nn.Module):
             raise ValueError(f"ConvWaveNet needs at least {self.block_size} ids per row, got {T}")
         real = None if targets is None else targets != -1  # (B, P): outputs that count in BatchNorm
         if skip_prefix and T > self.block_size and not idx[:, :self.block_size].any():
-            logits = self._forward_skip_prefix(idx[:, self.block_size:], real)
+            if self.training and real is not None:
+                logits = self._forward_packed(idx[:, self.block_size:], real)
+            else:
+                logits = self._forward_skip_prefix(idx[:, self.block_size:])
         else:
             logits = self._forward_full(idx, real)
         return logits, lm_loss(logits, targets)
@@ -132,7 +135,7 @@ class ConvWaveNet(nn.Module):
             x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
         return self.head(x)  # (B, P, V)
 
-    def _forward_skip_prefix(self, idx, real):
+    def _forward_skip_prefix(self, idx):
         """idx (B, n): the ids after the boundary prefix. Position block - 1 and everything
         before it sees only boundary tokens, at every layer: one vector `c` per layer stands
         for all of them, and a layer of dilation d reads it wherever t - d falls there."""
@@ -144,15 +147,40 @@ class ConvWaveNet(nn.Module):
             older = torch.cat([c.expand(B, min(d, n), -1), x[:, :max(n - d, 0)]], dim=1)  # inputs at t - d
             x = _causal_conv(conv, older, x)  # (B, n, H)
             c = _causal_conv(conv, c, c)  # (H,) the all-boundary output
-            rows = None
-            if self.training:  # position block - 1 holds c for every row; then the real ones
-                first = c.expand(B, -1) if real is None else c.expand(B, -1)[real[:, 0]]
-                rows = torch.cat([first, _aligned_rows(x, None if real is None else real[:, 1:])])
+            # training without targets: every row's position block - 1 (c), then all others
+            rows = torch.cat([c.expand(B, -1), x.reshape(-1, x.shape[-1])]) if self.training else None
             mean, var = norm.statistics(rows)
             x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
             c = torch.tanh(norm.normalize(c, mean, var, dim=0))
         first = self.head(c).expand(B, 1, -1)  # (B, 1, V)
         return torch.cat([first, self.head(x)], dim=1)  # (B, n + 1, V)
+
+    def _forward_packed(self, idx, real):
+        """Training on whole names without computing padding: the skip-prefix path with the
+        positions that matter packed into one (M, C) sequence. idx (B, n) after the prefix,
+        real (B, n + 1). A row keeps its positions up to its last real target; the input
+        d positions back is the packed row d earlier, or `c` where that falls in the prefix.
+        Logits at positions not kept (right padding) are left 0: no target reads them."""
+        B, n = idx.shape
+        targets_after = real[:, 1:]  # (B, n): input k feeds output k + 1
+        keep = targets_after.flip(1).cumsum(1).flip(1) > 0  # (B, n): k up to the last real target
+        offset = torch.arange(n, device=idx.device).expand(B, n)[keep]  # (M,) k of each kept input
+        counted = targets_after[keep]  # (M,) which kept positions count in BatchNorm
+        c = self.wte.weight[0]
+        x = self.wte(idx[keep])  # (M, C), row by row
+        for conv, norm in zip(self.fuse, self.norm):
+            d = conv.dilation[0]
+            back = torch.arange(len(offset), device=idx.device) - d + 1  # index into [c; x]
+            older = torch.cat([c[None], x])[torch.where(offset >= d, back, 0)]  # (M, C) inputs at t - d
+            x = _causal_conv(conv, older, x)  # (M, H)
+            c = _causal_conv(conv, c, c)
+            mean, var = norm.statistics(torch.cat([c.expand(int(real[:, 0].sum()), -1), x[counted]]))
+            x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
+            c = torch.tanh(norm.normalize(c, mean, var, dim=0))
+        logits = x.new_zeros(B, n + 1, self.vocab_size)
+        logits[:, 0] = self.head(c)
+        logits[:, 1:][keep] = self.head(x)
+        return logits  # (B, n + 1, V)
 
     @classmethod
     def from_mlp(cls, mlp: "HierarchicalMLP") -> "ConvWaveNet":
