@@ -217,9 +217,9 @@ class ConvWaveNet(nn.Module):
         Costs one position per layer (Fast WaveNet, Paine et al. 2016). Eval mode."""
         x = self.wte(ix)  # (B, C)
         slot = cache.t
-        for (older_w, newer_w), queue, norm in zip(cache.taps, cache.queues, self.norm):
+        for conv, queue, norm in zip(self.fuse, cache.queues, self.norm):
             s = slot % queue.shape[0]  # this queue holds the last `dilation` inputs
-            h = F.linear(queue[s], older_w) + F.linear(x, newer_w)  # (B, H): taps at t - d and t
+            h = _causal_conv(conv, queue[s], x)  # (B, H): taps at t - d and t
             queue[s] = x
             x = torch.tanh(norm.normalize(h, norm.running_mean, norm.running_var, dim=1))
         cache.t += 1
@@ -237,8 +237,6 @@ class ConvCache:
             states = model.boundary_states()
             self.queues = [s.view(1, 1, -1).repeat(conv.dilation[0], batch_size, 1)
                            for s, conv in zip(states, model.fuse)]  # each (d, B, C_in)
-            self.taps = [(conv.weight[:, :, 0].contiguous(), conv.weight[:, :, 1].contiguous())
-                         for conv in model.fuse]
             self.logits = model.head(states[-1]).expand(batch_size, -1)  # (B, V)
         self.t = 0  # real positions fed so far
 
@@ -246,7 +244,10 @@ class ConvCache:
 def _causal_conv(conv: nn.Conv1d, older: torch.Tensor, newer: torch.Tensor) -> torch.Tensor:
     """A kernel-2 Conv1d at the positions of `newer`, channels last: tap 0 reads `older`
     (the inputs `dilation` positions back), tap 1 reads `newer`. (..., C) -> (..., H)."""
-    return F.linear(newer, conv.weight[:, :, 1]) + F.linear(older, conv.weight[:, :, 0])
+    out = F.linear(newer, conv.weight[:, :, 1])  # (..., H), contiguous
+    # tap 0 accumulated into the same buffer by the GEMM itself (beta = 1): no extra pass
+    out.view(-1, out.shape[-1]).addmm_(older.reshape(-1, older.shape[-1]), conv.weight[:, :, 0].t())
+    return out
 
 
 def _aligned_rows(x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
