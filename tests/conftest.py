@@ -27,3 +27,16 @@ def tiny_file(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("\n".join(words) + "\n", encoding="utf-8")
     return path
+
+
+def randomize_batchnorm(model, generator):
+    """Random running statistics and affine parameters, so that a dropped, misplaced or
+    mis-transferred BatchNorm changes the output."""
+    import torch
+    with torch.no_grad():
+        for norm in model.norm:
+            norm.running_mean.normal_(generator=generator)
+            norm.running_var.uniform_(0.3, 3.0, generator=generator)
+            norm.weight.normal_(generator=generator)
+            norm.bias.normal_(generator=generator)
+    return model

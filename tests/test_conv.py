@@ -8,6 +8,8 @@ from wavenet.models import ConvCache, ConvWaveNet
 from wavenet.sample import generate
 from wavenet.train import NameBatches
 
+from conftest import randomize_batchnorm
+
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
 
@@ -15,13 +17,7 @@ VOCAB = Vocab.from_words(WORDS)
 def model(block_size=8, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     m = ConvWaveNet(len(VOCAB), block_size=block_size, n_embd=6, n_hidden=10, generator=g).to(dtype)
-    with torch.no_grad():
-        for norm in m.norm:
-            norm.running_mean.normal_(generator=g)
-            norm.running_var.uniform_(0.5, 2.0, generator=g)
-            norm.weight.normal_(generator=g)
-            norm.bias.normal_(generator=g)
-    return m
+    return randomize_batchnorm(m, g)
 
 
 def train_step(m, X, Y, skip_prefix=True):

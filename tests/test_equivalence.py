@@ -11,6 +11,8 @@ from wavenet.data import build_windows, pad_names, split_words
 from wavenet.evaluate import split_loss
 from wavenet.models import ConvWaveNet, HierarchicalMLP, kernel_to_linear
 
+from conftest import randomize_batchnorm
+
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 CASES = [(b, d) for b in (8, 16, 32) for d in (torch.float32, torch.float64)]
 
@@ -23,13 +25,9 @@ def val_words(names):
 def randomised_pair(vocab_size, block_size, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     mlp = HierarchicalMLP(vocab_size, block_size=block_size, n_embd=12, n_hidden=32, generator=g).to(dtype)
+    randomize_batchnorm(mlp, g)
     with torch.no_grad():
-        for norm in mlp.norm:
-            norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=g) * 0.5)
-            norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=g) * 2 + 0.2)
-            norm.weight.copy_(torch.randn(norm.weight.shape, generator=g))
-            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
-        mlp.head.bias.copy_(torch.randn(mlp.head.bias.shape, generator=g))
+        mlp.head.bias.normal_(generator=g)
     mlp.eval()
     return mlp, ConvWaveNet.from_mlp(mlp)
 

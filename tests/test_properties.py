@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from wavenet.data import Vocab, build_windows, pad_names
 from wavenet.models import ConvWaveNet, HierarchicalMLP
 
+from conftest import randomize_batchnorm
+
 # Words as load_words produces them: non-empty, no surrounding whitespace, no line breaks.
 word = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), min_size=1,
                max_size=12).map(str.strip).filter(bool)
@@ -39,13 +41,7 @@ def test_both_layouts_hold_the_same_targets(ws, block_size):
 def test_conv_equals_mlp_on_random_configs(log_block, vocab_size, n_embd, n_hidden, seed, batch, extra):
     block_size = 2 ** log_block
     g = torch.Generator().manual_seed(seed)
-    mlp = HierarchicalMLP(vocab_size, block_size, n_embd, n_hidden, generator=g).double()
-    with torch.no_grad():
-        for norm in mlp.norm:
-            norm.running_mean.normal_(generator=g)
-            norm.running_var.uniform_(0.3, 3.0, generator=g)
-            norm.weight.normal_(generator=g)
-            norm.bias.normal_(generator=g)
+    mlp = randomize_batchnorm(HierarchicalMLP(vocab_size, block_size, n_embd, n_hidden, generator=g).double(), g)
     mlp.eval()
     conv = ConvWaveNet.from_mlp(mlp)
     idx = torch.randint(0, vocab_size, (batch, block_size + extra), generator=g)

@@ -285,9 +285,9 @@ def markdown(results: dict) -> str:
                      f"{s['conv_cached_names_per_s']:,.0f} | {s['cached_vs_lecture']:.1f}x | "
                      f"{s['cached_vs_mlp_batched']:.2f}x | {s['cached_vs_full']:.2f}x | "
                      f"{'yes' if s['identical_names'] else 'NO'} |")
-    lines += ["", "Sampling in names per second. Eval: the whole split, " +
-              ("all of it" if results["config"]["eval_words"] is None else
-               f"the first {results['config']['eval_words']:,} items") + ", per model. "
+    lines += ["", "Sampling in names per second. Eval: " +
+              ("every target of the training split" if results["config"]["eval_words"] is None else
+               f"the first {results['config']['eval_words']:,} items of the training split") + ", per model. "
               f"Median of {results['config']['repeats']} alternating repeats after a warm-up."]
     return "\n".join(lines)
 

@@ -29,7 +29,28 @@ def check_block_size(block_size: int) -> int:
     return int(math.log2(block_size))
 
 
-class HierarchicalMLP(nn.Module):
+class _Tree(nn.Module):
+    """What both models hold: an embedding, one fusion layer and BatchNorm per level of
+    the tree (log2(block_size) levels), the output layer, and the lecture's init."""
+
+    kind = ""
+
+    def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_hidden: int,
+                 generator: torch.Generator | None, make_fuse):
+        super().__init__()
+        n_levels = check_block_size(block_size)
+        self.config = dict(kind=self.kind, vocab_size=vocab_size, block_size=block_size,
+                           n_embd=n_embd, n_hidden=n_hidden)
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        widths = [n_embd] + [n_hidden] * n_levels
+        self.fuse = nn.ModuleList(make_fuse(widths[i], n_hidden, 2**i) for i in range(n_levels))
+        self.norm = nn.ModuleList(BatchNorm(n_hidden) for _ in range(n_levels))
+        self.head = nn.Linear(n_hidden, vocab_size)
+        _lecture_init_(self, generator)  # the same draws for both models from the same generator
+
+
+class HierarchicalMLP(_Tree):
     """The lecture's hierarchical model, exactly: 76,579 parameters at the defaults.
 
     idx (B, block_size) -> logits (B, vocab_size). `generator` seeds the lecture's
@@ -40,17 +61,9 @@ class HierarchicalMLP(nn.Module):
 
     def __init__(self, vocab_size: int, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
                  generator: torch.Generator | None = None):
-        super().__init__()
-        n_levels = check_block_size(block_size)
-        self.config = dict(kind=self.kind, vocab_size=vocab_size, block_size=block_size,
-                           n_embd=n_embd, n_hidden=n_hidden)
-        self.vocab_size, self.block_size = vocab_size, block_size
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        widths = [n_embd] + [n_hidden] * n_levels
-        self.fuse = nn.ModuleList(nn.Linear(2 * widths[i], n_hidden, bias=False) for i in range(n_levels))
-        self.norm = nn.ModuleList(BatchNorm(n_hidden) for _ in range(n_levels))
-        self.head = nn.Linear(n_hidden, vocab_size)
-        _lecture_init_(self, generator)
+        # level i fuses [older, newer] of width 2 * C_in with one Linear
+        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
+                         lambda c_in, h, dilation: nn.Linear(2 * c_in, h, bias=False))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
@@ -67,7 +80,7 @@ class HierarchicalMLP(nn.Module):
         return logits, lm_loss(logits, targets)
 
 
-class ConvWaveNet(nn.Module):
+class ConvWaveNet(_Tree):
     """The same tree as a stack of dilated causal convolutions, run over whole sequences.
 
     Level i of the tree fuses two vectors 2**i positions apart, so it is a Conv1d with
@@ -90,18 +103,8 @@ class ConvWaveNet(nn.Module):
 
     def __init__(self, vocab_size: int, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
                  generator: torch.Generator | None = None):
-        super().__init__()
-        n_levels = check_block_size(block_size)
-        self.config = dict(kind=self.kind, vocab_size=vocab_size, block_size=block_size,
-                           n_embd=n_embd, n_hidden=n_hidden)
-        self.vocab_size, self.block_size = vocab_size, block_size
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        widths = [n_embd] + [n_hidden] * n_levels
-        self.fuse = nn.ModuleList(nn.Conv1d(widths[i], n_hidden, kernel_size=2, dilation=2**i, bias=False)
-                                  for i in range(n_levels))
-        self.norm = nn.ModuleList(BatchNorm(n_hidden) for _ in range(n_levels))
-        self.head = nn.Linear(n_hidden, vocab_size)
-        _lecture_init_(self, generator)  # the very draws the MLP gets from the same generator
+        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
+                         lambda c_in, h, dilation: nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=False))
 
     @property
     def receptive_field(self) -> int:
