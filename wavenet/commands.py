@@ -14,7 +14,7 @@ from . import checkpoint as ckpt_io
 from .cli import EXIT_INTERRUPTED
 from .data import Vocab, build_windows, load_words, split_words
 from .errors import WavenetError
-from .evaluate import split_loss
+from .evaluate import eval_batches, split_loss
 from .models import ConvWaveNet, build_model, check_block_size
 from .sample import check_sampling, generate, novelty
 from .train import RECIPES, Diverged, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
@@ -102,7 +102,8 @@ def train(args) -> int:
     vocab = Vocab.from_words(words)
     if resumed is not None and vocab != Vocab.from_dict(resumed["vocab"]):
         raise WavenetError("--resume: the checkpoint's vocabulary differs from the input file's")
-    train_words, val_words, _ = split_words(words, seed=SPLIT_SEED)
+    splits = split_words(words, seed=SPLIT_SEED)
+    train_words, val_words, _ = splits
     prepare_work_dir(work)
     lock = lock_work_dir(work)  # noqa: F841  (held until the process exits)
     if resumed is None:
@@ -136,8 +137,10 @@ def train(args) -> int:
         except OSError as e:
             raise WavenetError(f"could not write {ckpt_path} ({e.strerror}); the previous checkpoint is intact") from None
 
+    val_batches = list(eval_batches(model, val_words, vocab))  # built once, scored every interval
+
     def on_interval(at_step: int) -> None:
-        val = split_loss(model, val_words, vocab, device)
+        val = split_loss(model, val_words, vocab, device, batches=val_batches)
         append_metrics(metrics_path, {"step": at_step, "train_loss_recent": 10 ** (sum(lossi[-100:]) / len(lossi[-100:])),
                                       "val_loss": val})
         save(at_step)
@@ -158,13 +161,13 @@ def train(args) -> int:
         return EXIT_INTERRUPTED
     if plot_loss(lossi, work / "loss.png"):
         print(f"loss curve: {work / 'loss.png'}")
-    tr, va = split_loss(model, train_words, vocab, device), split_loss(model, val_words, vocab, device)
+    tr, va = split_loss(model, train_words, vocab, device), split_loss(model, val_words, vocab, device, val_batches)
     print(f"train loss {tr:.4f}")
     print(f"val loss   {va:.4f}")
     print(f"checkpoint: {ckpt_path}")
     if args.num_samples:
-        _print_samples(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed),
-                       split_words(words, seed=SPLIT_SEED), data_info["longest"], device)
+        _print_samples(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), splits,
+                       data_info["longest"], device)
     return 0
 
 

@@ -32,14 +32,15 @@ def eval_batches(model, words: Sequence[str], vocab: Vocab, max_targets: int = 3
 
 
 @torch.no_grad()
-def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu") -> float:
-    """Mean cross-entropy per target over all of `words`, in eval mode."""
+def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=None) -> float:
+    """Mean cross-entropy per target over all of `words`, in eval mode. `batches`: the
+    `eval_batches` of those words, when the caller keeps them for repeated evaluation."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     try:
-        for X, Y in eval_batches(model, words, vocab):
+        for X, Y in batches if batches is not None else eval_batches(model, words, vocab):
             logits, _ = model(X.to(device))
             Y = Y.to(device)
             total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).double(), Y.reshape(-1),
