@@ -227,7 +227,8 @@ def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
                        conv_flops=flops_per_target(conv))
             row["flop_ratio"] = row["mlp_flops"] / row["conv_flops"]
             row["eval"] = bench_eval(mlp, conv, eval_words, vocab, cfg)
-            log(f"{dname} block {block}: eval speed-up {row['eval']['speedup']:.2f}x (FLOP ratio {row['flop_ratio']:.2f})")
+            log(f"{dname} block {block}: eval speed-up {row['eval']['speedup']:.2f}x "
+                f"(FLOP ratio {row['flop_ratio']:.2f})")
             row["train"] = [bench_train(mlp, conv, words, vocab, p, cfg) for p in cfg.train_positions]
             log(f"{dname} block {block}: train speed-up "
                 + ", ".join(f"{r['speedup']:.2f}x @{r['positions']}" for r in row["train"]))

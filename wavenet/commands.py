@@ -17,7 +17,8 @@ from .errors import WavenetError
 from .evaluate import eval_batches, split_loss
 from .models import ConvWaveNet, build_model, check_block_size
 from .sample import check_sampling, generate, novelty
-from .train import RECIPES, Diverged, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss, train_loop, truncate_metrics
+from .train import (RECIPES, Diverged, NameBatches, TrainConfig, WindowBatches, append_metrics, plot_loss,
+                    train_loop, truncate_metrics)
 
 SPLIT_SEED = 42
 MODEL_DEFAULTS = dict(model="conv", block_size=8, n_embd=24, n_hidden=128)
@@ -135,13 +136,15 @@ def train(args) -> int:
         try:
             ckpt_io.save_checkpoint(ckpt_path, state)
         except OSError as e:
-            raise WavenetError(f"could not write {ckpt_path} ({e.strerror}); the previous checkpoint is intact") from None
+            raise WavenetError(f"could not write {ckpt_path} ({e.strerror}); "
+                               "the previous checkpoint is intact") from None
 
     val_batches = list(eval_batches(model, val_words, vocab))  # built once, scored every interval
 
     def on_interval(at_step: int) -> None:
         val = split_loss(model, val_words, vocab, device, batches=val_batches)
-        append_metrics(metrics_path, {"step": at_step, "train_loss_recent": 10 ** (sum(lossi[-100:]) / len(lossi[-100:])),
+        recent = lossi[-100:]  # log10 losses of the last 100 steps
+        append_metrics(metrics_path, {"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
                                       "val_loss": val})
         save(at_step)
         if args.no_progress:
@@ -289,7 +292,8 @@ def convert(args) -> int:
 def eval(args) -> int:  # noqa: A001  (the command is called eval)
     ckpt, model, vocab, device = _load_run(args)
     for name, words in zip(("train", "val", "test"), load_split(ckpt["data"])):
-        print(f"{name:5} loss {split_loss(model, words, vocab, device):.4f}  ({sum(len(w) + 1 for w in words):,} targets)")
+        loss, targets = split_loss(model, words, vocab, device), sum(len(w) + 1 for w in words)
+        print(f"{name:5} loss {loss:.4f}  ({targets:,} targets)")
     return 0
 
 

@@ -76,7 +76,7 @@ def make_stepper(model, num: int, device, method: str = "auto"):
 def check_sampling(vocab_size: int, num: int, temperature: float, top_k: int | None) -> None:
     if num < 1:
         raise WavenetError(f"-n/--num-samples must be at least 1, got {num}")
-    if not temperature > 0 or temperature != temperature or temperature == float("inf"):
+    if not 0 < temperature < float("inf"):  # NaN fails both comparisons
         raise WavenetError(f"--temperature must be a positive number, got {temperature}")
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise WavenetError(f"--top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")

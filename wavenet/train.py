@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -136,7 +137,9 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             raise KeyboardInterrupt
         stop["asked"] = True
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    # signal handlers can only be installed from the main thread (not, say, a notebook worker)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
                mininterval=0.5)
     step = start_step
@@ -176,11 +179,6 @@ def check_finite(model, step: int) -> None:
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if not torch.isfinite(tensor).all():
             raise Diverged(f"{name} became non-finite by step {step}: try a lower --learning-rate")
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def append_metrics(path: Path, record: dict) -> None:
