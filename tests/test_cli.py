@@ -49,11 +49,14 @@ def test_train_sample_eval(tmp_path, tiny_file, capsys):
     (["sample"], "no checkpoint"),
     (["eval"], "no checkpoint"),
     (["frobnicate"], "invalid choice"),
+    (["bench", "--blocks", "8,12"], "power of two"),
+    (["bench", "--blocks", "eight"], "--blocks must be comma-separated integers"),
+    (["bench", "--repeats", "0"], "--repeats must be at least 1"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["-o", str(tmp_path / "run")]
-    if argv[0] == "frobnicate":
-        argv = argv[:1]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] in ("train", "sample", "eval"):
+        argv += ["-o", str(tmp_path / "run")]
     code, out, err = run(capsys, *argv)
     assert code == 2
     assert message in err

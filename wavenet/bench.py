@@ -38,9 +38,9 @@ class BenchConfig:
     blocks: tuple = (8, 16, 32, 64)
     datasets: tuple = ("names", "fullnames")
     train_positions: tuple = (32, 256, 2048)
-    eval_words: int | None = 500         # items of the training split to evaluate; None: all
-    sample_names: int = 200
-    lecture_names: int = 20              # the one-name-at-a-time loop is slow: fewer names, per-name rate
+    eval_words: int | None = 300         # items of the training split to evaluate; None: all
+    sample_names: int = 100
+    lecture_names: int = 10              # the one-name-at-a-time loop is slow: fewer names, per-name rate
     n_embd: int = 24
     n_hidden: int = 128
     seed: int = 42
