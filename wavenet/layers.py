@@ -7,7 +7,7 @@ variance and wants (N, C, L). We keep the lecture's arithmetic, so the hierarchi
 the lecture's model, and we split BatchNorm into two steps, `statistics(rows)` and
 `normalize(x, ...)`: the caller decides which rows count (the MLP: every (batch, group) row;
 the convolution: only positions aligned with real targets, see `models.py`), and the same
-statistics are then applied to a tensor of any layout.
+statistics are then applied to a tensor of any shape with features last.
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ class BatchNorm(nn.Module):
             self.running_var.lerp_(var, self.momentum)
         return mean, var
 
-    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, dim: int) -> torch.Tensor:
-        """gamma * (x - mean) / sqrt(var + eps) + beta, with features along `dim` of x,
-        computed as one fused x * scale + shift over the big tensor."""
-        shape = [1] * x.dim()
-        shape[dim] = -1
+    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """gamma * (x - mean) / sqrt(var + eps) + beta over x (..., C), features last (both
+        models run channels last), computed as one fused x * scale + shift."""
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
-        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+        return torch.addcmul(shift, x, scale)
 
 
 def lecture_linear_weight(fan_in: int, fan_out: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -75,7 +75,7 @@ class HierarchicalMLP(_Tree):
             # FlattenConsecutive(2): pair (older, newer) side by side, without ever squeezing
             x = fuse(x.reshape(B, T // 2, 2 * C))  # (B, T/2, H)
             mean, var = norm.statistics(x.reshape(-1, x.size(-1)))  # over batch *and* groups
-            x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
+            x = torch.tanh(norm.normalize(x, mean, var))
         logits = self.head(x[:, 0])  # (B, 1, H) -> (B, V)
         return logits, lm_loss(logits, targets)
 
@@ -135,7 +135,7 @@ class ConvWaveNet(_Tree):
             x = _causal_conv(conv, x[:, :-d], x[:, d:])  # (B, T - d, H): a valid causal conv
             rows = _aligned_rows(x[:, -P:], real) if self.training else None  # last P are aligned
             mean, var = norm.statistics(rows)
-            x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
+            x = torch.tanh(norm.normalize(x, mean, var))
         return self.head(x)  # (B, P, V)
 
     def _forward_skip_prefix(self, idx):
@@ -153,8 +153,8 @@ class ConvWaveNet(_Tree):
             # training without targets: every row's position block - 1 (c), then all others
             rows = torch.cat([c.expand(B, -1), x.reshape(-1, x.shape[-1])]) if self.training else None
             mean, var = norm.statistics(rows)
-            x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
-            c = torch.tanh(norm.normalize(c, mean, var, dim=0))
+            x = torch.tanh(norm.normalize(x, mean, var))
+            c = torch.tanh(norm.normalize(c, mean, var))
         first = self.head(c).expand(B, 1, -1)  # (B, 1, V)
         return torch.cat([first, self.head(x)], dim=1)  # (B, n + 1, V)
 
@@ -178,8 +178,8 @@ class ConvWaveNet(_Tree):
             x = _causal_conv(conv, older, x)  # (M, H)
             c = _causal_conv(conv, c, c)
             mean, var = norm.statistics(torch.cat([c.expand(int(real[:, 0].sum()), -1), x[counted]]))
-            x = torch.tanh(norm.normalize(x, mean, var, dim=-1))
-            c = torch.tanh(norm.normalize(c, mean, var, dim=0))
+            x = torch.tanh(norm.normalize(x, mean, var))
+            c = torch.tanh(norm.normalize(c, mean, var))
         logits = x.new_zeros(B, n + 1, self.vocab_size)
         logits[:, 0] = self.head(c)
         logits[:, 1:][keep] = self.head(x)
@@ -211,7 +211,7 @@ class ConvWaveNet(_Tree):
         states = [c]
         for conv, norm in zip(self.fuse, self.norm):
             c = _causal_conv(conv, c, c)
-            c = torch.tanh(norm.normalize(c, norm.running_mean, norm.running_var, dim=0))
+            c = torch.tanh(norm.normalize(c, norm.running_mean, norm.running_var))
             states.append(c)
         return states
 
@@ -224,7 +224,7 @@ class ConvWaveNet(_Tree):
             s = slot % queue.shape[0]  # this queue holds the last `dilation` inputs
             h = _causal_conv(conv, queue[s], x)  # (B, H): taps at t - d and t
             queue[s] = x
-            x = torch.tanh(norm.normalize(h, norm.running_mean, norm.running_var, dim=1))
+            x = torch.tanh(norm.normalize(h, norm.running_mean, norm.running_var))
         cache.t += 1
         return self.head(x)
 
