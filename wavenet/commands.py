@@ -72,12 +72,12 @@ def lock_work_dir(path: Path):
     return f
 
 
-def load_split(data_info: dict, input_file=None):
+def load_split(data_info: dict):
     """Words, split as at training time, from the checkpoint's record of its data file."""
-    path = Path(input_file or data_info["path"])
+    path = Path(data_info["path"])
     words = load_words(path, data_info.get("max_length"))
-    if input_file is None and file_sha256(path) != data_info["sha256"]:
-        raise WavenetError(f"{path}: changed since training (SHA-256 differs); pass -i to use it anyway")
+    if file_sha256(path) != data_info["sha256"]:
+        raise WavenetError(f"{path}: changed since training (SHA-256 differs)")
     return split_words(words, seed=data_info["split_seed"])
 
 
