@@ -231,3 +231,14 @@ def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, tiny_file):
 @pytest.mark.slow
 def test_sigkill_many_times(tmp_path, tiny_file):
     _sigkill_rounds(tmp_path, tiny_file, rounds=25, seed=1)
+
+
+def test_data_file_changed_since_training(tmp_path, capsys):
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(f"{a}{b}" for a in "abcdefg" for b in "hijklm") + "\n")
+    work = tmp_path / "run"
+    assert run(capsys, "train", "-i", path, "-o", work, *TINY)[0] == 0
+    path.write_text(path.read_text() + "zed\n")
+    one_line_error(*run(capsys, "eval", "-o", work)[::2], "changed since training (SHA-256 differs)")
+    code, out, err = run(capsys, "sample", "-o", work, "-n", "3", "--seed", "0")
+    assert code == 0 and "samples not marked" in out and len(out.splitlines()) == 4, err
