@@ -1,10 +1,24 @@
+"""Shared fixtures. Helpers are fixtures, not imports: a test asks for what it uses."""
+
 from pathlib import Path
 
 import pytest
+import torch
 
+from wavenet.cli import main
 from wavenet.data import Vocab, load_words
 
 NAMES = Path(__file__).resolve().parent.parent / "data" / "names.txt"
+TINY_WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia", "harper",
+              "evelyn", "abigail", "emily", "elizabeth", "mila", "ella", "avery", "sofia", "camila",
+              "aria", "scarlett", "victoria", "madison", "luna", "grace", "chloe", "penelope",
+              "layla", "riley", "zoey", "nora", "lily", "eleanor", "hannah", "lillian", "addison"]
+
+
+@pytest.fixture(scope="session")
+def names_path():
+    """The bundled data/names.txt (the lecture's 32,033 names)."""
+    return NAMES
 
 
 @pytest.fixture(scope="session")
@@ -20,23 +34,49 @@ def vocab(names):
 @pytest.fixture
 def tiny_file(tmp_path):
     """A small names file: enough lines for an 80/10/10 split."""
-    words = ["emma", "olivia", "ava", "isabella", "sophia", "charlotte", "mia", "amelia", "harper",
-             "evelyn", "abigail", "emily", "elizabeth", "mila", "ella", "avery", "sofia", "camila",
-             "aria", "scarlett", "victoria", "madison", "luna", "grace", "chloe", "penelope",
-             "layla", "riley", "zoey", "nora", "lily", "eleanor", "hannah", "lillian", "addison"]
     path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    path.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
     return path
 
 
-def randomize_batchnorm(model, generator):
+@pytest.fixture(scope="session")
+def tiny_flags():
+    """`wavenet train` flags for a tiny, fast run: 40 steps, a checkpoint every 10, no samples.
+    A test may add its own after these (argparse keeps the last value of a flag)."""
+    return ["--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--n-embd", "4", "--n-hidden", "8",
+            "--no-progress", "-n", "0"]
+
+
+@pytest.fixture
+def cli(capsys):
+    """The CLI in-process: `cli("train", "-o", path, ...)` -> (exit code, stdout, stderr)."""
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """Checks a user mistake's outcome: exit 2, the message, one line, no traceback."""
+    def check(code, err, message):
+        assert code == 2, err
+        assert message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return check
+
+
+@pytest.fixture(scope="session")
+def randomize_batchnorm():
     """Random running statistics and affine parameters, so that a dropped, misplaced or
     mis-transferred BatchNorm changes the output."""
-    import torch
-    with torch.no_grad():
-        for norm in model.norm:
-            norm.running_mean.normal_(generator=generator)
-            norm.running_var.uniform_(0.3, 3.0, generator=generator)
-            norm.weight.normal_(generator=generator)
-            norm.bias.normal_(generator=generator)
-    return model
+    def randomize(model, generator):
+        with torch.no_grad():
+            for norm in model.norm:
+                norm.running_mean.normal_(generator=generator)
+                norm.running_var.uniform_(0.3, 3.0, generator=generator)
+                norm.weight.normal_(generator=generator)
+                norm.bias.normal_(generator=generator)
+        return model
+    return randomize

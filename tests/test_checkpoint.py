@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from wavenet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from wavenet.checkpoint import load_checkpoint, model_from_checkpoint, model_state, save_checkpoint
 from wavenet.data import Vocab
 from wavenet.errors import CheckpointError
 from wavenet.models import HierarchicalMLP
@@ -15,7 +15,7 @@ VOCAB = Vocab(list("abcdefghijklmnopqrstuvwxyz"))
 def _saved(tmp_path, model=None):
     model = model or HierarchicalMLP(27, n_embd=6, n_hidden=12, generator=torch.Generator().manual_seed(1))
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, dict(model_config=model.config, model=model.state_dict(), vocab=VOCAB.to_dict(), step=7))
+    save_checkpoint(path, dict(**model_state(model, VOCAB), step=7))
     return model, path
 
 
@@ -81,6 +81,6 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError):
-        save_checkpoint(path, dict(model_config=model.config, model=model.state_dict(), vocab=VOCAB.to_dict()))
+        save_checkpoint(path, model_state(model, VOCAB))
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]

@@ -8,16 +8,18 @@ from wavenet.models import ConvCache, ConvWaveNet
 from wavenet.sample import generate
 from wavenet.train import NameBatches
 
-from conftest import randomize_batchnorm
-
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
 
 
-def model(block_size=8, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = ConvWaveNet(len(VOCAB), block_size=block_size, n_embd=6, n_hidden=10, generator=g).to(dtype)
-    return randomize_batchnorm(m, g)
+@pytest.fixture(scope="module")
+def model(randomize_batchnorm):
+    """model(block_size, dtype, seed): a small ConvWaveNet with random BatchNorm."""
+    def make(block_size=8, dtype=torch.float64, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        m = ConvWaveNet(len(VOCAB), block_size=block_size, n_embd=6, n_hidden=10, generator=g).to(dtype)
+        return randomize_batchnorm(m, g)
+    return make
 
 
 def train_step(m, X, Y, skip_prefix=True):
@@ -32,7 +34,7 @@ def train_step(m, X, Y, skip_prefix=True):
 
 @pytest.mark.parametrize("block_size", [2, 8, 16])
 @pytest.mark.parametrize("skip_prefix", [True, False])
-def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix):
+def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix, model):
     X, Y = pad_names(WORDS, VOCAB, block_size)
     Xp = torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1)
     Yp = torch.cat([Y, torch.full((len(Y), 5), -1)], 1)
@@ -48,7 +50,7 @@ def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix):
 
 
 @pytest.mark.parametrize("block_size", [4, 8, 32])
-def test_skip_prefix_is_the_same_function_in_training(block_size):
+def test_skip_prefix_is_the_same_function_in_training(block_size, model):
     X, Y = pad_names(WORDS, VOCAB, block_size)
     a = train_step(model(block_size), X, Y, skip_prefix=True)  # packed: no padding computed
     b = train_step(model(block_size), X, Y, skip_prefix=False)  # every position computed
@@ -61,7 +63,7 @@ def test_skip_prefix_is_the_same_function_in_training(block_size):
             torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)
 
 
-def test_training_statistics_count_positions_aligned_with_real_targets():
+def test_training_statistics_count_positions_aligned_with_real_targets(model):
     """Layer-0 BatchNorm in training: mean and unbiased variance over exactly the rows at
     positions aligned with real targets (one row per target), computed by hand."""
     m = model(8)
@@ -78,7 +80,7 @@ def test_training_statistics_count_positions_aligned_with_real_targets():
 
 @pytest.mark.parametrize("block_size, dtype, tol", [(8, torch.float32, 1e-5), (16, torch.float64, 1e-10),
                                                     (2, torch.float64, 1e-10)])
-def test_cached_logits_equal_full_forward_at_every_step(block_size, dtype, tol):
+def test_cached_logits_equal_full_forward_at_every_step(block_size, dtype, tol, model):
     m = model(block_size, dtype).eval()
     X, Y = pad_names(WORDS, VOCAB, block_size)
     with torch.no_grad():
@@ -90,7 +92,7 @@ def test_cached_logits_equal_full_forward_at_every_step(block_size, dtype, tol):
             torch.testing.assert_close(logits, full[:, t + 1], rtol=0, atol=tol)
 
 
-def test_cached_and_full_sampling_draw_identical_names():
+def test_cached_and_full_sampling_draw_identical_names(model):
     m = model(8, torch.float32).eval()
     for seed in range(3):
         kwargs = dict(generator=torch.Generator().manual_seed(seed), max_new_tokens=30)
@@ -119,7 +121,7 @@ def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
         assert torch.equal(X, X2) and torch.equal(Y, Y2)
 
 
-def test_whole_name_objective_is_the_per_position_objective():
+def test_whole_name_objective_is_the_per_position_objective(model):
     """Loss over padded names == mean loss over every window of those names (eval)."""
     m = model(8).eval()
     X, Y = pad_names(WORDS, VOCAB, 8)
@@ -127,7 +129,7 @@ def test_whole_name_objective_is_the_per_position_objective():
     torch.testing.assert_close(m(X, Y)[1], m.to_mlp().eval()(Xw, Yw)[1], rtol=0, atol=1e-12)
 
 
-def test_each_layer_is_the_conv1d_it_holds():
+def test_each_layer_is_the_conv1d_it_holds(model):
     """The stack applies each kernel as two matrix products, channels last; that is exactly
     the module's own Conv1d over (B, C, T), dilation included."""
     m = model(16)
@@ -140,7 +142,7 @@ def test_each_layer_is_the_conv1d_it_holds():
         x = torch.tanh(reference)
 
 
-def test_packed_training_with_ignored_targets_inside_a_name():
+def test_packed_training_with_ignored_targets_inside_a_name(model):
     """A -1 inside a name drops that target only: its input still feeds later positions."""
     X, Y = pad_names(WORDS, VOCAB, 8)
     Y = Y.clone()

@@ -6,12 +6,10 @@ import pytest
 from wavenet.data import Vocab, build_windows, load_words, split_words
 from wavenet.errors import DataError, WavenetError
 
-from conftest import NAMES
 
-
-def test_names_file_is_the_lectures(names):
-    expected = (NAMES.parent / "SHA256SUMS").read_text().split()[0]
-    assert hashlib.sha256(NAMES.read_bytes()).hexdigest() == expected
+def test_names_file_is_the_lectures(names, names_path):
+    expected = (names_path.parent / "SHA256SUMS").read_text().split()[0]
+    assert hashlib.sha256(names_path.read_bytes()).hexdigest() == expected
     assert len(names) == 32_033
 
 
@@ -95,7 +93,7 @@ def test_load_words_missing_and_directory(tmp_path):
 def test_load_words_refuses_a_huge_line(tmp_path):
     p = tmp_path / "huge.txt"
     p.write_bytes(b"anna\n" + b"x" * 5_000_000 + b"\nbob\n")
-    with pytest.raises(DataError, match=r"line 2: longer than --max-length 1000"):
+    with pytest.raises(DataError, match=r"line 2: longer than max_length 1000"):
         load_words(p, max_length=1000)
     assert len(load_words(p, max_length=None)[1]) == 5_000_000
 

@@ -11,8 +11,6 @@ from wavenet.data import build_windows, pad_names, split_words
 from wavenet.evaluate import split_loss
 from wavenet.models import ConvWaveNet, HierarchicalMLP, kernel_to_linear
 
-from conftest import randomize_batchnorm
-
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 CASES = [(b, d) for b in (8, 16, 32) for d in (torch.float32, torch.float64)]
 
@@ -22,14 +20,19 @@ def val_words(names):
     return split_words(names)[1]
 
 
-def randomised_pair(vocab_size, block_size, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mlp = HierarchicalMLP(vocab_size, block_size=block_size, n_embd=12, n_hidden=32, generator=g).to(dtype)
-    randomize_batchnorm(mlp, g)
-    with torch.no_grad():
-        mlp.head.bias.normal_(generator=g)
-    mlp.eval()
-    return mlp, ConvWaveNet.from_mlp(mlp)
+@pytest.fixture(scope="module")
+def randomised_pair(randomize_batchnorm):
+    """randomised_pair(vocab_size, block_size, dtype, seed): an MLP with random BatchNorm and
+    output bias, in eval mode, and its conv transfer."""
+    def make(vocab_size, block_size, dtype, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        mlp = HierarchicalMLP(vocab_size, block_size=block_size, n_embd=12, n_hidden=32, generator=g).to(dtype)
+        randomize_batchnorm(mlp, g)
+        with torch.no_grad():
+            mlp.head.bias.normal_(generator=g)
+        mlp.eval()
+        return mlp, ConvWaveNet.from_mlp(mlp)
+    return make
 
 
 def close(a, b, dtype):
@@ -37,7 +40,7 @@ def close(a, b, dtype):
 
 
 @pytest.mark.parametrize("block_size, dtype", CASES)
-def test_last_position_every_val_window(val_words, vocab, block_size, dtype):
+def test_last_position_every_val_window(val_words, vocab, block_size, dtype, randomised_pair):
     mlp, conv = randomised_pair(len(vocab), block_size, dtype)
     X, _ = build_windows(val_words, vocab, block_size)
     with torch.no_grad():
@@ -48,7 +51,7 @@ def test_last_position_every_val_window(val_words, vocab, block_size, dtype):
 
 @pytest.mark.parametrize("block_size, dtype", CASES)
 @pytest.mark.parametrize("skip_prefix", [True, False])
-def test_every_position_of_whole_val_names(val_words, vocab, block_size, dtype, skip_prefix):
+def test_every_position_of_whole_val_names(val_words, vocab, block_size, dtype, skip_prefix, randomised_pair):
     mlp, conv = randomised_pair(len(vocab), block_size, dtype)
     Xw, Yw = build_windows(val_words, vocab, block_size)
     Xn, Yn = pad_names(val_words, vocab, block_size)
@@ -60,7 +63,7 @@ def test_every_position_of_whole_val_names(val_words, vocab, block_size, dtype, 
 
 
 @pytest.mark.parametrize("block_size, dtype", CASES)
-def test_split_loss_and_gradients(val_words, vocab, block_size, dtype):
+def test_split_loss_and_gradients(val_words, vocab, block_size, dtype, randomised_pair):
     mlp, conv = randomised_pair(len(vocab), block_size, dtype)
     Xw, Yw = build_windows(val_words, vocab, block_size)
     Xn, Yn = pad_names(val_words, vocab, block_size)
@@ -79,7 +82,7 @@ def test_split_loss_and_gradients(val_words, vocab, block_size, dtype):
 
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("skip_prefix", [True, False])
-def test_causality(vocab, block_size, skip_prefix):
+def test_causality(vocab, block_size, skip_prefix, randomised_pair):
     _, conv = randomised_pair(len(vocab), block_size, torch.float64)
     g = torch.Generator().manual_seed(1)
     X = torch.cat([torch.zeros(4, block_size, dtype=torch.long), torch.randint(1, 27, (4, 20), generator=g)], 1)
@@ -93,7 +96,7 @@ def test_causality(vocab, block_size, skip_prefix):
         assert not torch.allclose(out[:, j:], base[:, j:]), "the future must matter somewhere"
 
 
-def test_transfer_round_trip_and_shared_init(vocab):
+def test_transfer_round_trip_and_shared_init(vocab, randomised_pair):
     mlp, conv = randomised_pair(len(vocab), 16, torch.float32)
     back = conv.to_mlp()
     for (n1, a), (n2, b) in zip(mlp.state_dict().items(), back.state_dict().items()):

@@ -8,8 +8,6 @@ import time
 
 import pytest
 
-from conftest import NAMES
-
 SECONDS = float(os.environ.get("WAVENET_SOAK_SECONDS", 180))
 
 
@@ -24,8 +22,8 @@ def rss_mib(pid: int) -> float:
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to read resident memory")
 @pytest.mark.parametrize("model", ["conv", "mlp"])
-def test_resident_memory_stays_flat(tmp_path, model):
-    cmd = [sys.executable, "-m", "wavenet", "train", "--model", model, "-i", str(NAMES), "-o", str(tmp_path / "run"),
+def test_resident_memory_stays_flat(tmp_path, names_path, model):
+    cmd = [sys.executable, "-m", "wavenet", "train", "--model", model, "-i", str(names_path), "-o", str(tmp_path / "run"),
            "--max-steps", "100000000", "--eval-interval", "250", "--no-progress", "-n", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []

@@ -14,25 +14,11 @@ import pytest
 import torch
 
 import wavenet.checkpoint as ckpt_io
-from wavenet.checkpoint import load_checkpoint
-from wavenet.cli import main
-
-from conftest import NAMES
-
-TINY = ["--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--n-embd", "4", "--n-hidden", "8",
-        "--no-progress", "-n", "0"]
+from wavenet.rundir import RunDir
 
 
-def run(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, message):
-    assert code == 2, err
-    assert message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+def load(work):
+    return RunDir(work).load()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -43,63 +29,67 @@ def one_line_error(code, err, message):
     (b"anna\n" + b"y" * 2000 + b"\n", "line 2: longer than --max-length 1000"),
     (b"anna\nbob\ncarl\n", "too few to split"),
 ])
-def test_bad_input_files(tmp_path, capsys, content, message):
+def test_bad_input_files(tmp_path, content, message, cli, one_line_error, tiny_flags):
     path = tmp_path / "in.txt"
     path.write_bytes(content)
     work = tmp_path / "run"
-    one_line_error(*run(capsys, "train", "-i", path, "-o", work, *TINY)[::2], message)
+    one_line_error(*cli("train", "-i", path, "-o", work, *tiny_flags)[::2], message)
     assert not work.exists(), "a failed start must not leave a half-made run directory"
 
 
-def test_crlf_and_bom_are_accepted(tmp_path, tiny_file, capsys):
+def test_crlf_and_bom_are_accepted(tmp_path, tiny_file, cli, tiny_flags, train_tiny):
     path = tmp_path / "crlf.txt"
     path.write_bytes(b"\xef\xbb\xbf" + tiny_file.read_bytes().replace(b"\n", b"\r\n"))
-    code, _, err = run(capsys, "train", "-i", path, "-o", tmp_path / "run", *TINY)
+    code, _, err = cli("train", "-i", path, "-o", tmp_path / "run", *tiny_flags)
     assert code == 0, err
-    vocab = load_checkpoint(tmp_path / "run")["vocab"]["chars"]
+    vocab = load(tmp_path / "run")["vocab"]["chars"]
     assert "\r" not in vocab and "\ufeff" not in vocab
-    assert vocab == load_checkpoint(_train(tmp_path / "plain", tiny_file, capsys))["vocab"]["chars"]
+    assert vocab == load(train_tiny(tmp_path / "plain"))["vocab"]["chars"]
 
 
-def _train(work, tiny_file, capsys, *extra):
-    code, _, err = run(capsys, "train", "-i", tiny_file, "-o", work, *TINY, *extra)
-    assert code == 0, err
-    return work
+@pytest.fixture
+def train_tiny(cli, tiny_flags, tiny_file):
+    """train_tiny(work, *flags): a tiny run on tiny_file into `work`, which must succeed."""
+    def train(work, *extra):
+        code, _, err = cli("train", "-i", tiny_file, "-o", work, *tiny_flags, *extra)
+        assert code == 0, err
+        return work
+    return train
 
 
-def test_work_dir_mistakes(tmp_path, tiny_file, capsys):
+def test_work_dir_mistakes(tmp_path, tiny_file, cli, one_line_error, tiny_flags, train_tiny):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    one_line_error(*run(capsys, "train", "-i", tiny_file, "-o", a_file, *TINY)[::2], "is not a directory")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", a_file, *tiny_flags)[::2], "is not a directory")
     assert a_file.read_text() == "x"
-    work = _train(tmp_path / "run", tiny_file, capsys)
-    one_line_error(*run(capsys, "train", "-o", work, "--resume", "--n-hidden", "16")[::2],
+    work = train_tiny(tmp_path / "run")
+    one_line_error(*cli("train", "-o", work, "--resume", "--n-hidden", "16")[::2],
                    "--n-hidden 16 contradicts the checkpoint (8)")
-    one_line_error(*run(capsys, "train", "-o", work, "--resume", "--model", "mlp")[::2],
+    one_line_error(*cli("train", "-o", work, "--resume", "--model", "mlp")[::2],
                    "--model mlp contradicts the checkpoint (conv)")
     other = tmp_path / "other.txt"
     other.write_text(tiny_file.read_text().upper())
-    one_line_error(*run(capsys, "train", "-o", work, "--resume", "-i", other)[::2], "SHA-256 differs")
-    one_line_error(*run(capsys, "sample", "-o", tmp_path / "nowhere")[::2], "no checkpoint")
+    one_line_error(*cli("train", "-o", work, "--resume", "-i", other)[::2], "SHA-256 differs")
+    one_line_error(*cli("sample", "-o", tmp_path / "nowhere")[::2], "no checkpoint")
 
 
-def test_second_run_into_the_same_work_dir_refuses(tmp_path, tiny_file, capsys):
+def test_second_run_into_the_same_work_dir_refuses(tmp_path, tiny_file, cli, one_line_error, tiny_flags):
     work = tmp_path / "run"
     work.mkdir()
     with open(work / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a first run, still training
-        one_line_error(*run(capsys, "train", "-i", tiny_file, "-o", work, *TINY)[::2], "another wavenet process")
+        one_line_error(*cli("train", "-i", tiny_file, "-o", work, *tiny_flags)[::2], "another wavenet process")
     assert not (work / "checkpoint.pt").exists()
 
 
-def test_corrupt_and_untrusted_checkpoints_via_the_cli(tmp_path, tiny_file, capsys):
-    work = _train(tmp_path / "run", tiny_file, capsys)
+def test_corrupt_and_untrusted_checkpoints_via_the_cli(tmp_path, tiny_file, cli, one_line_error, train_tiny):
+    work = train_tiny(tmp_path / "run")
     path = work / "checkpoint.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
     for command in ("sample", "eval"):
-        one_line_error(*run(capsys, command, "-o", work)[::2], "corrupt or truncated")
-    one_line_error(*run(capsys, "train", "-o", work, "--resume")[::2], "corrupt or truncated")
+        one_line_error(*cli(command, "-o", work)[::2], "corrupt or truncated")
+    one_line_error(*cli("train", "-o", work, "--resume")[::2], "corrupt or truncated")
 
     marker = tmp_path / "marker"
 
@@ -108,11 +98,11 @@ def test_corrupt_and_untrusted_checkpoints_via_the_cli(tmp_path, tiny_file, caps
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": "wavenet-checkpoint", "version": 1, "x": Evil()}, path, pickle_module=pickle)
-    one_line_error(*run(capsys, "sample", "-o", work)[::2], "refused")
+    one_line_error(*cli("sample", "-o", work)[::2], "refused")
     assert not marker.exists()
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, capsys, monkeypatch):
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, monkeypatch, cli, one_line_error, tiny_flags):
     real_save, calls = torch.save, []
 
     def flaky(obj, f, *args, **kwargs):
@@ -123,25 +113,25 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, capsys,
 
     monkeypatch.setattr(torch, "save", flaky)
     work = tmp_path / "run"
-    code, _, err = run(capsys, "train", "-i", tiny_file, "-o", work, *TINY)
+    code, _, err = cli("train", "-i", tiny_file, "-o", work, *tiny_flags)
     one_line_error(code, err, "No space left on device")
     assert "the previous checkpoint is intact" in err
-    assert load_checkpoint(work)["step"] == 10
+    assert load(work)["step"] == 10
     assert sorted(p.name for p in work.iterdir()) == [".lock", "checkpoint.pt", "metrics.jsonl"]
 
 
-def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_file, capsys):
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, names_path, cli, one_line_error):
     work = tmp_path / "run"
-    code, _, err = run(capsys, "train", "--model", "mlp", "-i", NAMES, "-o", work, "--learning-rate", "1e6",
+    code, _, err = cli("train", "--model", "mlp", "-i", names_path, "-o", work, "--learning-rate", "1e6",
                        "--max-steps", "50", "--eval-interval", "1", "--no-progress")
     one_line_error(code, err, "try a lower --learning-rate")
     assert "step" in err and "last good checkpoint" in err
-    ckpt = load_checkpoint(work)
+    ckpt = load(work)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])
-def test_resume_is_bit_identical(tmp_path, tiny_file, capsys, monkeypatch, model):
+def test_resume_is_bit_identical(tmp_path, tiny_file, monkeypatch, model, cli, train_tiny):
     """40 steps straight == 20 steps, then --resume for 20: parameters, buffers, optimizer
     state, batch state and loss history all bit-identical."""
     resumed = tmp_path / "resumed"
@@ -155,12 +145,12 @@ def test_resume_is_bit_identical(tmp_path, tiny_file, capsys, monkeypatch, model
             shutil.copy(path.parent / "metrics.jsonl", resumed / "metrics.jsonl")
 
     monkeypatch.setattr(ckpt_io, "save_checkpoint", keep_step_20)
-    straight = _train(tmp_path / "straight", tiny_file, capsys, "--model", model, "--learning-rate", "0.3")
+    straight = train_tiny(tmp_path / "straight", "--model", model, "--learning-rate", "0.3")
     monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
-    code, out, err = run(capsys, "train", "-o", resumed, "--resume")
+    code, out, err = cli("train", "-o", resumed, "--resume")
     assert code == 0, err
     assert "resuming" in out
-    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    a, b = load(straight), load(resumed)
     assert a["step"] == b["step"] == 40
     for key in ("model", "batches"):
         assert a[key].keys() == b[key].keys()
@@ -178,50 +168,74 @@ def _spawn(tiny_file, work, *extra):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, timeout=60):
-    t0 = time.time()
-    while not path.exists():
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.05)
+def _signature(path):
+    """Changes whenever a checkpoint is written (os.replace puts a new file in place)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _wait_for_a_save(proc, path, before, timeout=300):
+    """Wait for a state, not a time: until `proc` has written a checkpoint (the file's
+    signature differs from `before`). A slow or busy machine only makes this take longer;
+    the process dying first fails at once, with its stderr."""
+    deadline = time.monotonic() + timeout
+    while _signature(path) == before:
+        if proc.poll() is not None:
+            pytest.fail(f"training exited with {proc.returncode} before saving: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"no checkpoint written in {timeout} s"
+        time.sleep(0.01)
 
 
 def test_ctrl_c_saves_and_exits_130(tmp_path, tiny_file):
+    rng = random.Random(0)
     work = tmp_path / "run"
+    path = work / "checkpoint.pt"
     proc = _spawn(tiny_file, work)
-    _wait_for(work / "checkpoint.pt")
-    time.sleep(0.5)
+    _wait_for_a_save(proc, path, None)  # training is under way, its Ctrl-C handler installed
+    time.sleep(rng.uniform(0, 0.3))
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    step = load_checkpoint(work)["step"]
-    assert f"interrupted at step {step:,}" in out and str(work / "checkpoint.pt") in out
-    before = (work / "checkpoint.pt").stat().st_mtime_ns
+    step = load(work)["step"]
+    assert f"interrupted at step {step:,}" in out and str(path) in out
+    before = _signature(path)
     proc = _spawn(tiny_file, work, "--resume")
-    t0 = time.time()
-    while (work / "checkpoint.pt").stat().st_mtime_ns == before:  # the resumed loop has saved
-        assert time.time() - t0 < 60
-        time.sleep(0.05)
+    _wait_for_a_save(proc, path, before)  # the resumed loop has saved
+    time.sleep(rng.uniform(0, 0.3))
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and f"resuming {work} at step {step:,}" in out, err
-    assert load_checkpoint(work)["step"] > step
+    assert load(work)["step"] > step
 
 
 def _sigkill_rounds(tmp_path, tiny_file, rounds, seed):
+    """Each round starts (or resumes) training, waits until that process has written a
+    checkpoint, then kills it at a random point up to 0.3 s later: mid-step, mid-write or
+    between the two. The checkpoint must always load and move forward."""
     rng = random.Random(seed)
     work = tmp_path / "run"
+    path = work / "checkpoint.pt"
     last = 0
-    for i in range(rounds):
-        proc = _spawn(tiny_file, work, *(["--resume"] if (work / "checkpoint.pt").exists() else []))
-        time.sleep(rng.uniform(1.5, 4.0))  # torch import takes ~1.5 s; then checkpoints every 5 steps
+    for _ in range(rounds):
+        before = _signature(path)
+        proc = _spawn(tiny_file, work, *(["--resume"] if before is not None else []))
+        _wait_for_a_save(proc, path, before)
+        time.sleep(rng.uniform(0, 0.3))
         proc.kill()
         proc.communicate()
-        if (work / "checkpoint.pt").exists():
-            step = load_checkpoint(work)["step"]  # always a whole, loadable checkpoint
-            assert step >= last
-            last = step
-    assert last > 0
-    return work
+        step = load(work)["step"]  # always a whole, loadable checkpoint
+        assert step > last, "each round saved at least once after resuming"
+        last = step
+    before = _signature(path)  # one more, ended by Ctrl-C: it clears what the kills left
+    proc = _spawn(tiny_file, work, "--resume")
+    _wait_for_a_save(proc, path, before)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not list(work.glob("*.tmp")), "a temporary file left by a killed write is removed by the next run"
 
 
 def test_sigkill_never_leaves_a_broken_checkpoint(tmp_path, tiny_file):
@@ -233,12 +247,12 @@ def test_sigkill_many_times(tmp_path, tiny_file):
     _sigkill_rounds(tmp_path, tiny_file, rounds=25, seed=1)
 
 
-def test_data_file_changed_since_training(tmp_path, capsys):
+def test_data_file_changed_since_training(tmp_path, cli, one_line_error, tiny_flags):
     path = tmp_path / "names.txt"
     path.write_text("\n".join(f"{a}{b}" for a in "abcdefg" for b in "hijklm") + "\n")
     work = tmp_path / "run"
-    assert run(capsys, "train", "-i", path, "-o", work, *TINY)[0] == 0
+    assert cli("train", "-i", path, "-o", work, *tiny_flags)[0] == 0
     path.write_text(path.read_text() + "zed\n")
-    one_line_error(*run(capsys, "eval", "-o", work)[::2], "changed since training (SHA-256 differs)")
-    code, out, err = run(capsys, "sample", "-o", work, "-n", "3", "--seed", "0")
+    one_line_error(*cli("eval", "-o", work)[::2], "changed since training (SHA-256 differs)")
+    code, out, err = cli("sample", "-o", work, "-n", "3", "--seed", "0")
     assert code == 0 and "samples not marked" in out and len(out.splitlines()) == 4, err

@@ -44,7 +44,7 @@ def test_prefix_top_k_and_limits(model):
     (dict(num=0), "at least 1"), (dict(num=-3), "at least 1"),
     (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
-    (dict(top_k=0), "top-k"), (dict(top_k=28), "top-k"),
+    (dict(top_k=0), "top_k"), (dict(top_k=28), "top_k"),
 ])
 def test_bad_sampling_arguments(model, kwargs, message):
     kwargs = {"num": 2, **kwargs}

@@ -2,12 +2,17 @@
 
 The lecture's hierarchical MLP (makemore part 5) and the dilated causal convolution it
 really is, proven to be the same function. See README.md.
+
+    model, vocab = wavenet.load("out")   # the trained model of a run directory, in eval mode
 """
 
-from .data import Vocab, build_windows, load_words, split_words
+from .config import ConvConfig, MLPConfig, TrainConfig
+from .data import Vocab, build_windows, load_words, pad_names, split_words
 from .errors import WavenetError
-from .models import HierarchicalMLP, build_model
+from .models import ConvWaveNet, HierarchicalMLP, build_model
+from .rundir import RunDir, load
 
 __version__ = "0.1.0"
-__all__ = ["Vocab", "build_windows", "load_words", "split_words", "WavenetError", "HierarchicalMLP",
-           "build_model", "__version__"]
+__all__ = ["ConvConfig", "ConvWaveNet", "HierarchicalMLP", "MLPConfig", "RunDir", "TrainConfig", "Vocab",
+           "WavenetError", "build_model", "build_windows", "load", "load_words", "pad_names", "split_words",
+           "__version__"]

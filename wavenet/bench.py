@@ -15,19 +15,19 @@ import random
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from .data import Vocab, build_windows, pad_names, split_words
+from .config import MLPConfig, check_block_size
+from .data import Vocab, build_windows, split_words
+from .errors import WavenetError
 from .evaluate import eval_batches
-from .models import ConvWaveNet, HierarchicalMLP
+from .models import ConvWaveNet, build_model
 from .sample import generate
 from .train import NameBatches
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,17 @@ class BenchConfig:
     eval_words: int | None = 300         # items of the training split to evaluate; None: all
     sample_names: int = 100
     lecture_names: int = 10              # the one-name-at-a-time loop is slow: fewer names, per-name rate
-    n_embd: int = 24
-    n_hidden: int = 128
+    model: MLPConfig = MLPConfig()       # widths of both models; block_size is replaced by each of `blocks`
     seed: int = 42
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise WavenetError(f"repeats must be at least 1, got {self.repeats}", param="repeats")
+        for block in self.blocks:
+            try:
+                check_block_size(block)
+            except WavenetError:
+                raise WavenetError(f"blocks must be powers of two >= 2, got {block}", param="blocks") from None
 
 
 QUICK = BenchConfig()
@@ -129,8 +137,8 @@ def saved_bytes(step) -> int:
 # ----------------------------------------------------------------------------- the sections
 
 def pair(vocab: Vocab, block: int, cfg: BenchConfig):
-    mlp = HierarchicalMLP(len(vocab), block, cfg.n_embd, cfg.n_hidden,
-                          generator=torch.Generator().manual_seed(cfg.seed)).to(cfg.device)
+    config = replace(cfg.model, block_size=block)
+    mlp = build_model(config, len(vocab), generator=torch.Generator().manual_seed(cfg.seed)).to(cfg.device)
     return mlp, ConvWaveNet.from_mlp(mlp)
 
 

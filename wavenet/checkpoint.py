@@ -16,12 +16,19 @@ from pathlib import Path
 
 import torch
 
+from .config import model_record
 from .data import Vocab
 from .errors import CheckpointError
 from .models import build_model
 
 FORMAT, VERSION = "wavenet-checkpoint", 1
-CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def model_state(model, vocab: Vocab) -> dict:
+    """The part of a checkpoint that rebuilds the model: its config record, weights and
+    buffers, and vocabulary. Training adds optimizer, step, batches, ... beside it."""
+    return dict(model_config=model_record(model.config, model.vocab_size), model=model.state_dict(),
+                vocab=vocab.to_dict())
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -57,8 +64,6 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
     """Load and validate a checkpoint. Raises CheckpointError with one line for a missing,
     truncated, corrupt or untrusted file, or one for another model kind than `kind`."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
     try:

@@ -1,18 +1,28 @@
-"""The command line: `wavenet train | sample | eval`.
+"""The command line: `wavenet train | sample | eval | convert | bench`.
 
-Every user mistake raises WavenetError somewhere below; `main` prints its one line to
-stderr and exits 2. Ctrl-C during training saves a checkpoint and exits 130.
+The model and training flags are made from the config dataclasses (config.py): one flag
+per field, its help text from the field, its default shown per model kind. Every user
+mistake raises WavenetError below; `main` prints its one line, with the library's parameter
+names turned into these flags, and returns the exit code errors.py assigns.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from pathlib import Path
 
-from .errors import WavenetError
+from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WavenetError
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+# Library parameter -> the flag that sets it, where the two are not simply `--name-with-dashes`.
+FLAGS = {"num": "-n/--num-samples", "num_samples": "-n/--num-samples", "work_dir": "-o/--work-dir",
+         "input_file": "-i/--input-file", "kind": "--model", "into": "--into"}
+PARSERS = {"int": int, "float": float, "str": str}
+
+
+def flag_name(param: str) -> str:
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,6 +30,22 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise WavenetError(f"{self.prog}: {message}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """One flag per field of the configs in `defaults` ({kind: config instance}), left None
+    when not given; the help shows the default, per kind where the kinds differ."""
+    seen: dict[str, tuple[dataclasses.Field, dict]] = {}
+    for kind, config in defaults.items():
+        for f in dataclasses.fields(config):
+            seen.setdefault(f.name, (f, {}))[1][kind] = getattr(config, f.name)
+    for name, (f, values) in seen.items():
+        if len(set(values.values())) == 1 and len(values) == len(defaults):
+            shown = str(next(iter(values.values())))
+        else:
+            shown = ", ".join(f"{kind} {value}" for kind, value in values.items())
+        parser.add_argument("--" + name.replace("_", "-"), type=PARSERS[f.type], default=None,
+                            metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} [{shown}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,26 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a one-item-per-line text file")
     common(t)
-    t.add_argument("--seed", type=int, default=None, help="seeds the init, the batches and the samples [42]")
     t.add_argument("-i", "--input-file", default=None, help="one item per line [data/names.txt]")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
-    t.add_argument("--model", choices=["conv", "mlp"], default=None, help="[conv]")
-    t.add_argument("--block-size", type=int, default=None, help="context length, a power of two [8]")
-    t.add_argument("--n-embd", type=int, default=None, help="embedding width [24]")
-    t.add_argument("--n-hidden", type=int, default=None, help="hidden width [128]")
-    t.add_argument("--max-steps", type=int, default=None, help="[conv 25000, mlp 200000]")
-    t.add_argument("--batch-size", type=int, default=None, help="names (conv) or windows (mlp) per step [32]")
-    t.add_argument("--learning-rate", type=float, default=None, help="[0.1]")
-    t.add_argument("--decay-at", type=float, default=None, metavar="FRACTION",
-                   help="the learning rate drops tenfold after this fraction of --max-steps [conv 0.9, mlp 0.75]")
-    t.add_argument("--eval-interval", type=int, default=None,
-                   help="steps between val loss and checkpoint [conv 2500, mlp 10000]")
-    t.add_argument("--group-by-length", type=int, default=None, metavar="K",
-                   help="conv: length-sort names within chunks of K batches (less padding, worse BatchNorm) [0]")
+    t.add_argument("--model", choices=list(MODEL_CONFIGS), default=None, help=f"[{DEFAULT_KIND}]")
+    add_config_flags(t, {kind: cls() for kind, cls in MODEL_CONFIGS.items()})
+    add_config_flags(t, RECIPES)
     t.add_argument("--max-length", type=int, default=1000, help="longest line accepted, in characters [1000]")
     t.add_argument("-n", "--num-samples", type=int, default=20, help="samples printed at the end [20]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    data_help = "the run's data file, if it has moved (checked against the recorded SHA-256) [the recorded path]"
     s = sub.add_parser("sample", help="sample from the model in --work-dir")
     common(s)
     s.add_argument("--seed", type=int, default=None, help="seed for reproducible samples [fresh each run]")
@@ -59,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0, help="[1.0]")
     s.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest characters only")
     s.add_argument("--prefix", default="", help="start every sample with these characters")
+    s.add_argument("-i", "--input-file", default=None, help=data_help)
 
     e = sub.add_parser("eval", help="train / val / test loss of the model in --work-dir")
     common(e)
+    e.add_argument("-i", "--input-file", default=None, help=data_help)
 
     c = sub.add_parser("convert", help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")
     c.add_argument("-o", "--work-dir", default="out", help="run directory holding an MLP checkpoint [out]")
@@ -84,16 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from . import commands  # torch is imported only once the flags are known to be good
-        return getattr(commands, args.command)(args)
+        from .commands import COMMANDS  # torch is imported only once the flags parse
+        return COMMANDS[args.command](args)
     except WavenetError as e:
-        print(f"wavenet: error: {e}", file=sys.stderr)
+        print(f"wavenet: error: {e.renamed(flag_name)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("wavenet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `wavenet sample | head`
-        return 0
+        return EXIT_OK
 
 
 if __name__ == "__main__":

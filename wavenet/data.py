@@ -8,7 +8,8 @@ Two layouts of the same targets:
 - `build_windows`: the lecture's per-position dataset, one (block_size,) window per target;
 - `pad_names`: one row per word, block_size boundary tokens then the word, so a causal
   convolution predicts every target of every word in one forward pass.
-Both yield exactly sum(len(w) + 1) targets for a list of words.
+Both yield exactly sum(len(w) + 1) targets for a list of words. `length_batches` groups
+words so that each padded batch stays within a budget of positions, whatever the lengths.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
     file with no items. Memory stays bounded by `max_length` even for a huge line.
     """
     path = Path(path)
+    if max_length is not None and not (isinstance(max_length, int) and max_length >= 1):
+        raise WavenetError(f"max_length must be at least 1, got {max_length}", param="max_length")
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -53,7 +56,8 @@ def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
                 break
             lineno += 1
             if limit is not None and len(raw) > limit and not raw.endswith(b"\n"):
-                raise DataError(f"{path}, line {lineno}: longer than --max-length {max_length} characters")
+                raise DataError(f"{path}, line {lineno}: longer than max_length {max_length} characters",
+                                param="max_length")
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # UTF-8 byte order mark: an encoding marker, not data
             if b"\0" in raw:
@@ -66,7 +70,8 @@ def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
                 ) from None
             word = line.strip()
             if max_length is not None and len(word) > max_length:
-                raise DataError(f"{path}, line {lineno}: longer than --max-length {max_length} characters")
+                raise DataError(f"{path}, line {lineno}: longer than max_length {max_length} characters",
+                                param="max_length")
             if word:
                 words.append(word)
     if not words:
@@ -180,3 +185,21 @@ def pad_names(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torc
         Y[b, :n] = X[b, block_size:block_size + n]
         Y[b, n] = 0
     return X, Y
+
+
+def length_batches(words: Sequence[str], max_positions: int) -> list[list[str]]:
+    """The words sorted by length and cut into groups whose padded size, (number of words) x
+    (longest + 1) target positions, is at most `max_positions`: a long line shares its batch
+    only with as many words as the budget allows, never pads thousands of short ones. A word
+    longer than the budget on its own gets a batch of its own. Every word appears once."""
+    if max_positions < 1:
+        raise WavenetError(f"max_positions must be at least 1, got {max_positions}", param="max_positions")
+    groups, group = [], []
+    for w in sorted(words, key=len):  # ascending: the word being added is the group's longest
+        if group and (len(group) + 1) * (len(w) + 1) > max_positions:
+            groups.append(group)
+            group = []
+        group.append(w)
+    if group:
+        groups.append(group)
+    return groups

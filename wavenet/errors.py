@@ -1,13 +1,42 @@
-"""The one exception type for user mistakes.
+"""The exception type for user mistakes, and the exit codes, decided here and nowhere else.
 
-Anything the user can get wrong (a file, a flag, a checkpoint) raises `WavenetError` with a
-one-line message that names the problem. The CLI prints that line to stderr and exits 2; a
-traceback means a bug in wavenet, not in the user's input.
+Anything the user can get wrong (a file, a parameter, a checkpoint) raises `WavenetError`
+with a one-line message that names the problem. The library names its own parameters
+(`block_size must be ...`); an error about one parameter carries its name in `param`, and
+the CLI swaps in its flag (`--block-size must be ...`). The CLI prints that line to stderr
+and exits EXIT_USAGE; a traceback means a bug in wavenet, not in the user's input.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+EXIT_OK = 0
+EXIT_USAGE = 2           # a user mistake: one line on stderr
+EXIT_INTERRUPTED = 130   # Ctrl-C (SIGINT), after saving what can be saved
 
 
 class WavenetError(Exception):
-    """A user-facing error: bad data, bad flags, a bad checkpoint."""
+    """A user-facing error: bad data, bad parameters, a bad checkpoint.
+
+    `param`: the library parameter (or parameters) the message is about, if any, each
+    written in the message as in Python; `renamed` replaces the last occurrence of each,
+    so a path quoted earlier in the message cannot be mistaken for one."""
+
+    def __init__(self, message: str, param: str | tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def renamed(self, name_of: Callable[[str], str]) -> str:
+        """The message with each parameter called `name_of(param)` (e.g. its CLI flag)."""
+        text = str(self)
+        for param in (self.param,) if isinstance(self.param, str) else self.param or ():
+            hits = list(re.finditer(rf"(?<![\w-]){re.escape(param)}(?![\w-])", text))
+            if hits:
+                last = hits[-1]
+                text = text[:last.start()] + name_of(param) + text[last.end():]
+        return text
 
 
 class DataError(WavenetError):

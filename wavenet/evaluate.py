@@ -11,24 +11,21 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import Vocab, build_windows, pad_names
+from .data import Vocab, build_windows, length_batches, pad_names
 
 
-def eval_batches(model, words: Sequence[str], vocab: Vocab, max_targets: int = 32_768
+def eval_batches(model, words: Sequence[str], vocab: Vocab, max_positions: int = 32_768
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches covering every target of `words` once, in the layout the model takes."""
+    """Batches covering every target of `words` once, in the layout the model takes, each
+    at most `max_positions` target positions, padding included: the MLP's windows in
+    chunks, the conv's whole names grouped by length (`data.length_batches`)."""
     if model.kind == "mlp":
         X, Y = build_windows(words, vocab, model.block_size)
-        for i in range(0, len(X), max_targets):
-            yield X[i:i + max_targets], Y[i:i + max_targets]
+        for i in range(0, len(X), max_positions):
+            yield X[i:i + max_positions], Y[i:i + max_positions]
     else:
-        # Names sorted by length, so a batch pads little; about max_targets targets each.
-        ordered = sorted(words, key=len)
-        i = 0
-        while i < len(ordered):
-            j = min(len(ordered), i + max(1, max_targets // (len(ordered[i]) + 1)))
-            yield pad_names(ordered[i:j], vocab, model.block_size)
-            i = j
+        for group in length_batches(words, max_positions):
+            yield pad_names(group, vocab, model.block_size)
 
 
 @torch.no_grad()

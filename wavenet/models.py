@@ -12,35 +12,28 @@ over exactly; tests/test_equivalence.py proves the two compute the same function
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ConvConfig, MLPConfig, TreeConfig, check_block_size, config_from_record
 from .errors import WavenetError
 from .layers import BatchNorm, lecture_linear_weight, lm_loss
-
-
-def check_block_size(block_size: int) -> int:
-    """Number of fusion levels, log2(block_size); block_size must be a power of two >= 2."""
-    if not isinstance(block_size, int) or block_size < 2 or block_size & (block_size - 1):
-        raise WavenetError(f"--block-size must be a power of two >= 2 (2, 4, 8, 16, ...), got {block_size}")
-    return int(math.log2(block_size))
 
 
 class _Tree(nn.Module):
     """What both models hold: an embedding, one fusion layer and BatchNorm per level of
     the tree (log2(block_size) levels), the output layer, and the lecture's init."""
 
-    kind = ""
+    Config = TreeConfig
 
     def __init__(self, vocab_size: int, block_size: int, n_embd: int, n_hidden: int,
                  generator: torch.Generator | None, make_fuse):
         super().__init__()
+        self.config = self.Config(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden)  # checks them
         n_levels = check_block_size(block_size)
-        self.config = dict(kind=self.kind, vocab_size=vocab_size, block_size=block_size,
-                           n_embd=n_embd, n_hidden=n_hidden)
         self.vocab_size, self.block_size = vocab_size, block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         widths = [n_embd] + [n_hidden] * n_levels
@@ -48,6 +41,10 @@ class _Tree(nn.Module):
         self.norm = nn.ModuleList(BatchNorm(n_hidden) for _ in range(n_levels))
         self.head = nn.Linear(n_hidden, vocab_size)
         _lecture_init_(self, generator)  # the same draws for both models from the same generator
+
+    @property
+    def kind(self) -> str:
+        return self.Config.kind
 
 
 class HierarchicalMLP(_Tree):
@@ -57,10 +54,10 @@ class HierarchicalMLP(_Tree):
     initialisation (embedding, then each Linear, in order, from one stream of randn).
     """
 
-    kind = "mlp"
+    Config = MLPConfig
 
-    def __init__(self, vocab_size: int, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
-                 generator: torch.Generator | None = None):
+    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size, n_embd: int = TreeConfig.n_embd,
+                 n_hidden: int = TreeConfig.n_hidden, generator: torch.Generator | None = None):
         # level i fuses [older, newer] of width 2 * C_in with one Linear
         super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
                          lambda c_in, h, dilation: nn.Linear(2 * c_in, h, bias=False))
@@ -99,10 +96,10 @@ class ConvWaveNet(_Tree):
     t - block_size + 1 has a real target. Extra right padding changes nothing.
     """
 
-    kind = "conv"
+    Config = ConvConfig
 
-    def __init__(self, vocab_size: int, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
-                 generator: torch.Generator | None = None):
+    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size, n_embd: int = TreeConfig.n_embd,
+                 n_hidden: int = TreeConfig.n_hidden, generator: torch.Generator | None = None):
         super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
                          lambda c_in, h, dilation: nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=False))
 
@@ -190,16 +187,14 @@ class ConvWaveNet(_Tree):
         """Exact transfer: each fusion Linear over [older, newer] becomes a kernel whose tap
         at t - d is the older half; embedding, BatchNorm (affine and running statistics)
         and output layer are copied. Same dtype and device as `mlp`."""
-        config = {k: v for k, v in mlp.config.items() if k != "kind"}
-        conv = cls(**config, generator=torch.Generator()).to(mlp.head.weight)
+        conv = cls(mlp.vocab_size, **asdict(mlp.config), generator=torch.Generator()).to(mlp.head.weight)
         state = {k: linear_to_kernel(v) if k.startswith("fuse.") else v for k, v in mlp.state_dict().items()}
         conv.load_state_dict(state)
         return conv.train(mlp.training)
 
     def to_mlp(self) -> "HierarchicalMLP":
         """The inverse transfer: the per-window model with the same function."""
-        config = {k: v for k, v in self.config.items() if k != "kind"}
-        mlp = HierarchicalMLP(**config, generator=torch.Generator()).to(self.head.weight)
+        mlp = HierarchicalMLP(self.vocab_size, **asdict(self.config), generator=torch.Generator()).to(self.head.weight)
         state = {k: kernel_to_linear(v) if k.startswith("fuse.") else v for k, v in self.state_dict().items()}
         mlp.load_state_dict(state)
         return mlp.train(self.training)
@@ -291,10 +286,11 @@ def _lecture_init_(model, generator: torch.Generator | None) -> None:
 MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet}
 
 
-def build_model(config: dict, generator: torch.Generator | None = None) -> nn.Module:
-    """Build a model from its `config` dict (as stored in checkpoints)."""
-    config = dict(config)
-    kind = config.pop("kind")
-    if kind not in MODELS:
-        raise WavenetError(f"unknown model kind '{kind}' (choose from {', '.join(MODELS)})")
-    return MODELS[kind](**config, generator=generator)
+def build_model(config, vocab_size: int | None = None, generator: torch.Generator | None = None) -> nn.Module:
+    """A fresh model from its config (`MLPConfig`, `ConvConfig`, ...) and vocabulary size,
+    or from a checkpoint's record of both (a dict, see `config.model_record`)."""
+    if isinstance(config, dict):
+        config, vocab_size = config_from_record(config)
+    if vocab_size is None:
+        raise WavenetError("build_model needs the vocabulary size", param="vocab_size")
+    return MODELS[config.kind](vocab_size, **asdict(config), generator=generator)

@@ -74,12 +74,14 @@ def make_stepper(model, num: int, device, method: str = "auto"):
 
 
 def check_sampling(vocab_size: int, num: int, temperature: float, top_k: int | None) -> None:
-    if num < 1:
-        raise WavenetError(f"-n/--num-samples must be at least 1, got {num}")
+    """`generate`'s arguments, checked before any work, each error naming its parameter."""
+    if not num >= 1:
+        raise WavenetError(f"num must be at least 1, got {num}", param="num")
     if not 0 < temperature < float("inf"):  # NaN fails both comparisons
-        raise WavenetError(f"--temperature must be a positive number, got {temperature}")
+        raise WavenetError(f"temperature must be a positive number, got {temperature}", param="temperature")
     if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise WavenetError(f"--top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")
+        raise WavenetError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {top_k}",
+                           param="top_k")
 
 
 @torch.no_grad()

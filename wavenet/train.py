@@ -1,47 +1,30 @@
 """One training loop for any model with the contract `model(X, Y) -> (logits, loss)`.
 
-The lecture's recipe is the default: SGD, 200,000 steps of 32 random windows, learning rate
-0.1 then 0.01 after 75% of the steps, seed 42. What a step feeds the model comes from a
-batch source (random windows for the MLP, groups of whole names for the convolution); the
-loop itself knows nothing about either.
+The recipe is a `config.TrainConfig` (the lecture's by default). What a step feeds the model
+comes from a batch source (random windows for the MLP, groups of whole names for the
+convolution); the loop itself knows nothing about either, nor about files: what a run
+directory holds is `rundir.py`'s concern.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import pad_names
+from .config import TrainConfig
+from .data import build_windows, pad_names
 from .errors import WavenetError
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 200_000
-    batch_size: int = 32          # windows (mlp) or names (conv) per step
-    learning_rate: float = 0.1
-    decay_at: float = 0.75        # lr drops tenfold after this fraction of max_steps
-    seed: int = 42
-    eval_interval: int = 10_000   # steps between val evaluations (and checkpoints)
-    group_by_length: int = 0      # conv only: length-sort within chunks of this many batches
-
-
-# The default recipe of each model. The MLP's is the lecture's. The conv's batch of 32 whole
-# names scores ~227 targets a step, so it needs far fewer steps; this model overfits names
-# after ~30 epochs, so the low learning rate runs only for the last 10% (README, "Results").
-RECIPES = {"mlp": TrainConfig(), "conv": TrainConfig(max_steps=25_000, decay_at=0.9, eval_interval=2_500)}
-
-
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
-    """The lecture's schedule: lr for step < 0.75 * max_steps, then lr / 10."""
+    """The lecture's step schedule: cfg.learning_rate for the first int(cfg.decay_at *
+    cfg.max_steps) steps (the lecture: 75% of them), then a tenth of it."""
     return cfg.learning_rate if step < int(cfg.decay_at * cfg.max_steps) else cfg.learning_rate / 10
 
 
@@ -112,6 +95,16 @@ class NameBatches:
         self.step = state["step"]
 
 
+def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generator, device="cpu"):
+    """The batch source a model trains on: whole names for the conv, the lecture's random
+    windows (drawn from `generator`, the stream that initialised the model) for the MLP."""
+    if model.kind == "mlp":
+        X, Y = build_windows(words, vocab, model.block_size)
+        return WindowBatches(X, Y, cfg.batch_size, generator, device)
+    return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
+                       group_by_length=cfg.group_by_length)
+
+
 class Diverged(WavenetError):
     """The loss became NaN or infinite; parameters are left at the last finite step."""
 
@@ -150,7 +143,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             _, loss = model(X, Y)
             value = loss.item()
             if not math.isfinite(value):
-                raise Diverged(f"loss became {value} at step {step + 1}: try a lower --learning-rate")
+                raise Diverged(f"loss became {value} at step {step + 1}: try a lower learning_rate",
+                               param="learning_rate")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(cfg, step)
             optimizer.zero_grad(set_to_none=True)
@@ -178,42 +172,5 @@ def check_finite(model, step: int) -> None:
     before anything is saved or evaluated."""
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if not torch.isfinite(tensor).all():
-            raise Diverged(f"{name} became non-finite by step {step}: try a lower --learning-rate")
-
-
-def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume: drop records written after the checkpoint's step, so that a run that
-    crashed between two checkpoints does not log the same steps twice."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-def plot_loss(lossi: list, path: Path) -> bool:
-    """The lecture's curve: log10 loss, mean over rows of 1,000 steps. Needs matplotlib
-    (the `plot` extra); returns False when it is missing or there are < 1,000 steps."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    n = len(lossi) // 1000 * 1000
-    if n == 0:
-        return False
-    curve = torch.tensor(lossi[:n]).view(-1, 1000).mean(1)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(torch.arange(len(curve)) * 1000 + 500, curve)
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10 loss (mean of 1,000 steps)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+            raise Diverged(f"{name} became non-finite by step {step}: try a lower learning_rate",
+                           param="learning_rate")

@@ -1,0 +1,142 @@
+"""Configs: one frozen dataclass per model kind, and one for the training recipe.
+
+Every field's default lives here and nowhere else. The models' constructors, the CLI's
+flags and help text, the checkpoint record and the benchmark are all built from these
+classes. Kinds need not share fields: the CLI offers the union of the kinds' fields as flags
+and refuses one that the chosen kind does not have. A field's metadata holds its help text
+(and, where useful, a metavar) for the CLI.
+
+The vocabulary size is not in a model config: it comes from the data, not from the user.
+A checkpoint records both (`model_record`), and `config_from_record` reads them back.
+
+No torch here: the CLI reads these classes before torch is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
+
+from .errors import WavenetError
+
+
+def check_block_size(block_size: int) -> int:
+    """Number of fusion levels, log2(block_size); block_size must be a power of two >= 2."""
+    if not isinstance(block_size, int) or block_size < 2 or block_size & (block_size - 1):
+        raise WavenetError(f"block_size must be a power of two >= 2 (2, 4, 8, 16, ...), got {block_size}",
+                           param="block_size")
+    return int(math.log2(block_size))
+
+
+def _at_least(config, name: str, low) -> None:
+    value = getattr(config, name)
+    if not value >= low:  # NaN fails too
+        raise WavenetError(f"{name} must be at least {low}, got {value}", param=name)
+
+
+def _help(text: str, metavar: str | None = None) -> dict:
+    return {"help": text, "metavar": metavar}
+
+
+# ----------------------------------------------------------------------------- models
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """The lecture's tree: block_size ids of context, fused pairwise in log2(block_size)
+    levels of n_hidden units, over n_embd-wide character embeddings."""
+
+    kind: ClassVar[str] = ""
+    block_size: int = field(default=8, metadata=_help("context length, a power of two"))
+    n_embd: int = field(default=24, metadata=_help("embedding width"))
+    n_hidden: int = field(default=128, metadata=_help("hidden width"))
+
+    def __post_init__(self):
+        check_block_size(self.block_size)
+        _at_least(self, "n_embd", 1)
+        _at_least(self, "n_hidden", 1)
+
+
+@dataclass(frozen=True)
+class MLPConfig(TreeConfig):
+    """`HierarchicalMLP`: the tree over one window per target (the lecture's model)."""
+
+    kind: ClassVar[str] = "mlp"
+
+
+@dataclass(frozen=True)
+class ConvConfig(TreeConfig):
+    """`ConvWaveNet`: the same tree as dilated causal convolutions over whole names."""
+
+    kind: ClassVar[str] = "conv"
+
+
+MODEL_CONFIGS: dict[str, type] = {c.kind: c for c in (ConvConfig, MLPConfig)}
+DEFAULT_KIND = "conv"
+
+
+def model_config(kind: str, **given):
+    """The config of model `kind` with the `given` fields changed from their defaults.
+    A field the kind does not have is an error naming it, not silently dropped."""
+    if kind not in MODEL_CONFIGS:
+        raise WavenetError(f"unknown model kind '{kind}' (choose from {', '.join(MODEL_CONFIGS)})", param="kind")
+    cls = MODEL_CONFIGS[kind]
+    foreign = [name for name in given if name not in {f.name for f in fields(cls)}]
+    if foreign:
+        raise WavenetError(f"{foreign[0]} does not apply to a '{kind}' model", param=foreign[0])
+    return cls(**given)
+
+
+def model_record(config, vocab_size: int) -> dict:
+    """What a checkpoint stores of a model's shape: plain data, kind first."""
+    return {"kind": config.kind, "vocab_size": vocab_size, **asdict(config)}
+
+
+def config_from_record(record: dict):
+    """(config, vocab_size) from a checkpoint's record, as written by `model_record` (and by
+    every earlier version: the record's keys have not changed)."""
+    record = dict(record)
+    kind, vocab_size = record.pop("kind", None), record.pop("vocab_size", None)
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise WavenetError(f"model record has no valid vocab_size ({vocab_size!r})")
+    return model_config(kind, **record), vocab_size
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe. The defaults are the lecture's: SGD, 200,000 steps of 32 random
+    windows, learning rate 0.1 then 0.01 after 75% of the steps, seed 42."""
+
+    max_steps: int = field(default=200_000, metadata=_help("optimisation steps"))
+    batch_size: int = field(default=32, metadata=_help("names (conv) or windows (mlp) per step"))
+    learning_rate: float = field(default=0.1, metadata=_help("SGD learning rate"))
+    decay_at: float = field(default=0.75, metadata=_help(
+        "the learning rate drops tenfold after this fraction of the steps", "FRACTION"))
+    seed: int = field(default=42, metadata=_help("seeds the init, the batches and the samples"))
+    eval_interval: int = field(default=10_000, metadata=_help("steps between val loss and checkpoint"))
+    group_by_length: int = field(default=0, metadata=_help(
+        "conv: length-sort names within chunks of K batches (less padding, worse BatchNorm)", "K"))
+
+    def __post_init__(self):
+        _at_least(self, "max_steps", 1)
+        _at_least(self, "eval_interval", 1)
+        if not self.batch_size >= 2:
+            raise WavenetError(f"batch_size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}",
+                               param="batch_size")
+        if not 0 < self.learning_rate < float("inf"):
+            raise WavenetError(f"learning_rate must be a positive number, got {self.learning_rate}",
+                               param="learning_rate")
+        if not 0 <= self.decay_at <= 1:
+            raise WavenetError(f"decay_at must be a fraction between 0 and 1, got {self.decay_at}", param="decay_at")
+        _at_least(self, "group_by_length", 0)
+
+
+# The default recipe of each model kind. The MLP's is the lecture's. The conv's batch of 32
+# whole names scores ~227 targets a step, so it needs far fewer steps; it overfits names
+# after ~30 epochs, so the low learning rate runs only for the last 10% (README, "Results").
+RECIPES: dict[str, TrainConfig] = {
+    "conv": TrainConfig(max_steps=25_000, decay_at=0.9, eval_interval=2_500),
+    "mlp": TrainConfig(),
+}

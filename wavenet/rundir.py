@@ -1,0 +1,187 @@
+"""The run directory: what `wavenet train` leaves in its work directory, and the rules.
+
+    DIR/checkpoint.pt    the latest training state, written atomically (checkpoint.py)
+    DIR/metrics.jsonl    one JSON record per eval interval: step, recent train loss, val loss
+    DIR/loss.png         the lecture's loss curve (needs matplotlib, the `plot` extra)
+    DIR/.lock            held (flock) by the process training there
+
+The rules. Everything is checked before anything is written. A new run refuses a directory
+that already holds a checkpoint (resume it, or choose another); a run resumes only from a
+checkpoint that holds training state. One process trains in a directory at a time. A
+temporary file left by a process killed mid-write is removed when the next one starts. On
+resume, metrics written after the checkpoint's step are dropped, so no step is logged twice.
+
+The data record (path, SHA-256, split seed, max length, longest item) ties a run to its
+input file: `eval` and `sample` rebuild the same split from it and refuse a changed file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .data import load_words, split_words
+from .errors import WavenetError
+
+SPLIT_SEED = 42  # the lecture's
+
+
+class RunDir:
+    """One run directory. Nothing is created until `create()`."""
+
+    CHECKPOINT, METRICS, LOSS_PLOT, LOCK = "checkpoint.pt", "metrics.jsonl", "loss.png", ".lock"
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = None
+        self.checkpoint = self.path / self.CHECKPOINT
+        self.metrics = self.path / self.METRICS
+        self.loss_plot = self.path / self.LOSS_PLOT
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ reading
+
+    def load(self, kind: str | None = None) -> dict:
+        """The checkpoint, validated (see `checkpoint.load_checkpoint`)."""
+        if not self.checkpoint.exists():
+            raise WavenetError(f"{self.path}: no checkpoint there")
+        return ckpt_io.load_checkpoint(self.checkpoint, kind=kind)
+
+    def load_model(self, device="cpu"):
+        """(model in eval mode, vocabulary, checkpoint dict)."""
+        ckpt = self.load()
+        model, vocab = ckpt_io.model_from_checkpoint(ckpt, device)
+        return model, vocab, ckpt
+
+    # ------------------------------------------------------------------ starting a run
+
+    def start(self, resume: bool) -> dict | None:
+        """Check, without writing anything, that a run can start here: the checkpoint to
+        resume from (resume=True) or None for a new run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise WavenetError(f"work_dir {self.path}: exists and is not a directory", param="work_dir")
+        if not resume:
+            self._refuse_existing()
+            return None
+        if not self.checkpoint.exists():
+            raise WavenetError(f"resume: no checkpoint in {self.path}", param="resume")
+        ckpt = ckpt_io.load_checkpoint(self.checkpoint)
+        if "optimizer" not in ckpt:
+            raise WavenetError(f"resume: {self.checkpoint} holds no training state (a converted model); "
+                               "train a new run instead", param="resume")
+        return ckpt
+
+    def create(self, resume: bool) -> None:
+        """Make the directory, take its lock for the life of this object's process, and
+        clear what a killed process left. Refuses if another process trains here."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WavenetError(f"work_dir {self.path}: cannot create it ({e.strerror})", param="work_dir") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise WavenetError(f"work_dir {self.path}: not writable", param="work_dir")
+        f = open(self.path / self.LOCK, "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise WavenetError(f"work_dir {self.path}: another wavenet process is training there",
+                               param="work_dir") from None
+        self._lock = f  # released when the process exits (or this object is collected)
+        if not resume:
+            self._refuse_existing()  # another run may have finished here meanwhile
+        for stale in self.path.glob(self.CHECKPOINT + ".*.tmp"):  # a write cut short by a kill
+            stale.unlink()
+
+    def _refuse_existing(self) -> None:
+        if self.checkpoint.exists():
+            raise WavenetError(f"{self.checkpoint} exists: pass resume to continue it, or choose another work_dir",
+                               param=("resume", "work_dir"))
+
+    # ------------------------------------------------------------------ during a run
+
+    def save(self, state: dict) -> None:
+        try:
+            ckpt_io.save_checkpoint(self.checkpoint, state)
+        except OSError as e:
+            raise WavenetError(f"could not write {self.checkpoint} ({e.strerror}); "
+                               "the previous checkpoint is intact") from None
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume: drop records written after the checkpoint's step, so that a run that
+        crashed between two checkpoints does not log the same steps twice."""
+        if not self.metrics.exists():
+            return
+        keep = [line for line in self.metrics.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def plot_loss(self, lossi: list) -> bool:
+        """The lecture's curve: log10 loss, mean over rows of 1,000 steps. Needs matplotlib
+        (the `plot` extra); returns False when it is missing or there are < 1,000 steps."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        n = len(lossi) // 1000 * 1000
+        if n == 0:
+            return False
+        curve = torch.tensor(lossi[:n]).view(-1, 1000).mean(1)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(torch.arange(len(curve)) * 1000 + 500, curve)
+        ax.set_xlabel("step")
+        ax.set_ylabel("log10 loss (mean of 1,000 steps)")
+        fig.tight_layout()
+        fig.savefig(self.loss_plot)
+        plt.close(fig)
+        return True
+
+
+# ---------------------------------------------------------------------- the data record
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_record(path, words: list[str], max_length: int | None) -> dict:
+    """What a checkpoint keeps of its data file (`words` as `load_words` read them)."""
+    return dict(path=str(Path(path).resolve()), sha256=file_sha256(path), split_seed=SPLIT_SEED,
+                max_length=max_length, longest=max(map(len, words)))
+
+
+def load_split(record: dict, input_file=None) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test), split as at training time, from the recorded data file, or from
+    `input_file` (the same file elsewhere, e.g. a run directory copied to another machine);
+    either must still have the recorded SHA-256."""
+    path = Path(input_file if input_file is not None else record["path"])
+    words = load_words(path, record.get("max_length"))
+    if file_sha256(path) != record["sha256"]:
+        if input_file is not None:
+            raise WavenetError(f"{path}: not the file this run was trained on (SHA-256 differs)")
+        raise WavenetError(f"{path}: changed since training (SHA-256 differs)")
+    return split_words(words, seed=record["split_seed"])
+
+
+def load(work_dir, device="cpu"):
+    """The trained model of a run directory, in eval mode, and its vocabulary:
+    `model, vocab = wavenet.load("out")`. Works for every model kind."""
+    model, vocab, _ = RunDir(work_dir).load_model(device)
+    return model, vocab
