@@ -6,7 +6,6 @@ import torch
 from wavenet.data import Vocab, build_windows, pad_names
 from wavenet.models import ConvCache, ConvWaveNet
 from wavenet.sample import generate
-from wavenet.train import NameBatches
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
@@ -103,22 +102,6 @@ def test_cached_and_full_sampling_draw_identical_names(model):
         window = generate(m, 64, method="window", **kwargs)
         assert cached == full == window
         assert len({tuple(n) for n in cached}) > 10
-
-
-def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
-    words = [w * k for w in WORDS for k in (1, 2, 3)]
-    nb = NameBatches(words, Vocab.from_words(words), 4, 7, seed=3)
-    seen = []
-    for _ in range(nb.per_epoch):
-        X, Y = nb.next()
-        seen += [VOCAB.decode(x[4:][x[4:] != 0].tolist()) for x in X]
-    assert sorted(seen) == sorted(words)
-    later = [nb.next() for _ in range(5)]
-    again = NameBatches(words, Vocab.from_words(words), 4, 7, seed=3)
-    again.load_state_dict({"step": nb.per_epoch})
-    for X, Y in later:
-        X2, Y2 = again.next()
-        assert torch.equal(X, X2) and torch.equal(Y, Y2)
 
 
 def test_whole_name_objective_is_the_per_position_objective(model):

@@ -1,6 +1,7 @@
-"""A long training run with frequent checkpoints keeps its resident memory flat (slow)."""
+"""Resident memory (slow): flat over a long run; bounded when one line is very long."""
 
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -41,3 +42,28 @@ def test_resident_memory_stays_flat(tmp_path, names_path, model):
     print(f"\n{model}: RSS MiB min {min(samples):.0f} early {early:.0f} late {late:.0f} max {max(samples):.0f} "
           f"over {len(samples)} s")
     assert late - early < 25, f"resident memory grew from {early:.0f} MiB to {late:.0f} MiB"
+
+
+# Runs a command and prints the peak resident memory (KiB) of it and its children: a fresh
+# wrapper process, so no earlier child of the test process can count.
+PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+@pytest.mark.slow
+def test_one_long_line_keeps_train_and_eval_under_1_5_gb(tmp_path, names):
+    """3,000 names and one 990-character line: before evaluation batches were bounded by
+    padded positions, `wavenet train` on such a file peaked at 4.7 GB."""
+    path = tmp_path / "long.txt"
+    path.write_text("\n".join(names[:3000] + ["".join(random.Random(0).choices("abcdefghij", k=990))]) + "\n")
+    work = tmp_path / "run"
+    peaks = {}
+    for name, argv in (("train", ["train", "-i", str(path), "-o", str(work), "--max-steps", "20", "-n", "0",
+                                  "--no-progress"]),
+                       ("eval", ["eval", "-o", str(work)])):
+        proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "wavenet", *argv],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        peaks[name] = int(proc.stdout.splitlines()[-1]) / 1024
+    print(f"\npeak RSS MiB: train {peaks['train']:.0f}, eval {peaks['eval']:.0f}")
+    assert max(peaks.values()) < 1.5 * 1024, peaks

@@ -34,7 +34,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
     """One flag per field of the configs in `defaults` ({kind: config instance}), left None
-    when not given; the help shows the default, per kind where the kinds differ."""
+    when not given; the help shows the default, per kind where the kinds differ. A field's
+    metadata gives its help, optionally a metavar and a `parse` function (default: its type)."""
     seen: dict[str, tuple[dataclasses.Field, dict]] = {}
     for kind, config in defaults.items():
         for f in dataclasses.fields(config):
@@ -44,7 +45,8 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
             shown = str(next(iter(values.values())))
         else:
             shown = ", ".join(f"{kind} {value}" for kind, value in values.items())
-        parser.add_argument("--" + name.replace("_", "-"), type=PARSERS[f.type], default=None,
+        parse = f.metadata.get("parse") or (f.type if isinstance(f.type, type) else PARSERS[f.type])
+        parser.add_argument("--" + name.replace("_", "-"), type=parse, default=None,
                             metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} [{shown}]")
 
 
