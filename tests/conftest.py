@@ -43,8 +43,8 @@ def tiny_file(tmp_path):
 def tiny_flags():
     """`wavenet train` flags for a tiny, fast run: 40 steps, a checkpoint every 10, no samples.
     A test may add its own after these (argparse keeps the last value of a flag)."""
-    return ["--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--n-embd", "4", "--n-hidden", "8",
-            "--no-progress", "-n", "0"]
+    return ["--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--n-embd", "4",
+            "--n-hidden", "8", "--no-progress", "-n", "0"]
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ def test_full_names_are_deterministic_and_keep_every_target(names):
 
 
 def test_tiny_run_reports_everything(names, tmp_path):
-    cfg = dataclasses.replace(bench.QUICK, blocks=(4,), repeats=1, eval_words=40, sample_names=8, lecture_names=2,
-                              train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8))
+    cfg = dataclasses.replace(bench.QUICK, blocks=(4,), repeats=1, eval_words=40, sample_names=8,
+                              lecture_names=2, train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8))
     results = bench.run(names[:400], cfg, log=lambda line: None)
     assert [(r["dataset"], r["block"]) for r in results["rows"]] == [("names", 4), ("fullnames", 4)]
     for row in results["rows"]:

@@ -8,8 +8,16 @@ from typing import ClassVar
 import pytest
 
 from wavenet.cli import add_config_flags, build_parser, flag_name
-from wavenet.config import (MODEL_CONFIGS, RECIPES, ConvConfig, MLPConfig, TrainConfig, config_from_record,
-                            model_config, model_record)
+from wavenet.config import (
+    MODEL_CONFIGS,
+    RECIPES,
+    ConvConfig,
+    MLPConfig,
+    TrainConfig,
+    config_from_record,
+    model_config,
+    model_record,
+)
 from wavenet.errors import WavenetError
 from wavenet.models import ConvWaveNet, HierarchicalMLP, build_model
 
@@ -52,9 +60,10 @@ def test_bad_values_name_the_parameter_in_library_words(make, param):
 
 
 def test_renaming_touches_the_parameter_not_a_path_that_contains_its_name():
-    e = WavenetError("/data/max_length/words.txt, line 2: longer than max_length 5 characters", param="max_length")
-    assert e.renamed(flag_name) == "/data/max_length/words.txt, line 2: longer than --max-length 5 characters"
-    assert WavenetError("num must be at least 1", param="num").renamed(flag_name) == "-n/--num-samples must be at least 1"
+    e = WavenetError("/max_length/a.txt, line 2: longer than max_length 5 characters", param="max_length")
+    assert e.renamed(flag_name) == "/max_length/a.txt, line 2: longer than --max-length 5 characters"
+    e = WavenetError("num must be at least 1", param="num")
+    assert e.renamed(flag_name) == "-n/--num-samples must be at least 1"
     assert WavenetError("no parameter here").renamed(flag_name) == "no parameter here"
 
 

@@ -26,7 +26,7 @@ def randomised_pair(randomize_batchnorm):
     output bias, in eval mode, and its conv transfer."""
     def make(vocab_size, block_size, dtype, seed=0):
         g = torch.Generator().manual_seed(seed)
-        mlp = HierarchicalMLP(vocab_size, block_size=block_size, n_embd=12, n_hidden=32, generator=g).to(dtype)
+        mlp = HierarchicalMLP(vocab_size, block_size, n_embd=12, n_hidden=32, generator=g).to(dtype)
         randomize_batchnorm(mlp, g)
         with torch.no_grad():
             mlp.head.bias.normal_(generator=g)
@@ -85,7 +85,8 @@ def test_split_loss_and_gradients(val_words, vocab, block_size, dtype, randomise
 def test_causality(vocab, block_size, skip_prefix, randomised_pair):
     _, conv = randomised_pair(len(vocab), block_size, torch.float64)
     g = torch.Generator().manual_seed(1)
-    X = torch.cat([torch.zeros(4, block_size, dtype=torch.long), torch.randint(1, 27, (4, 20), generator=g)], 1)
+    prefix = torch.zeros(4, block_size, dtype=torch.long)
+    X = torch.cat([prefix, torch.randint(1, 27, (4, 20), generator=g)], 1)
     base = conv(X, skip_prefix=skip_prefix)[0]
     for t in (block_size, block_size + 7, X.shape[1] - 1):  # change every input from t on
         Z = X.clone()

@@ -31,10 +31,12 @@ def test_old_checkpoints_evaluate_and_sample_as_before(run, kind, cli):
 def test_old_checkpoints_resume(run, tmp_path, cli):
     work = tmp_path / run
     shutil.copytree(LEGACY / run, work)
-    code, out, err = cli("train", "-o", work, "--resume", "-i", LEGACY / "tiny.txt", "--no-progress", "-n", "0")
+    code, out, err = cli("train", "-o", work, "--resume", "-i", LEGACY / "tiny.txt", "--no-progress",
+                         "-n", "0")
     assert code == 0, err
     assert "resuming" in out and "at step 40" in out  # the run had finished: nothing left to do
-    val = next(line for line in (LEGACY / run / "eval.txt").read_text().splitlines() if line.startswith("val"))
+    lines = (LEGACY / run / "eval.txt").read_text().splitlines()
+    val = next(line for line in lines if line.startswith("val"))
     assert f"val loss   {val.split()[2]}" in out
 
 

@@ -21,11 +21,12 @@ def rss_mib(pid: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to read resident memory")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads resident memory from Linux /proc")
 @pytest.mark.parametrize("model", ["conv", "mlp"])
 def test_resident_memory_stays_flat(tmp_path, names_path, model):
-    cmd = [sys.executable, "-m", "wavenet", "train", "--model", model, "-i", str(names_path), "-o", str(tmp_path / "run"),
-           "--max-steps", "100000000", "--eval-interval", "250", "--no-progress", "-n", "0"]
+    cmd = [sys.executable, "-m", "wavenet", "train", "--model", model, "-i", str(names_path),
+           "-o", str(tmp_path / "run"), "--max-steps", "100000000", "--eval-interval", "250", "--no-progress",
+           "-n", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []
     try:
@@ -39,8 +40,8 @@ def test_resident_memory_stays_flat(tmp_path, names_path, model):
         proc.communicate()
     third = len(samples) // 3
     early, late = statistics.median(samples[third:2 * third]), statistics.median(samples[2 * third:])
-    print(f"\n{model}: RSS MiB min {min(samples):.0f} early {early:.0f} late {late:.0f} max {max(samples):.0f} "
-          f"over {len(samples)} s")
+    print(f"\n{model}: RSS MiB min {min(samples):.0f} early {early:.0f} late {late:.0f} "
+          f"max {max(samples):.0f} over {len(samples)} s")
     assert late - early < 25, f"resident memory grew from {early:.0f} MiB to {late:.0f} MiB"
 
 

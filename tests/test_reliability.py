@@ -78,7 +78,8 @@ def test_second_run_into_the_same_work_dir_refuses(tmp_path, tiny_file, cli, one
     work.mkdir()
     with open(work / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a first run, still training
-        one_line_error(*cli("train", "-i", tiny_file, "-o", work, *tiny_flags)[::2], "another wavenet process")
+        code, _, err = cli("train", "-i", tiny_file, "-o", work, *tiny_flags)
+        one_line_error(code, err, "another wavenet process")
     assert not (work / "checkpoint.pt").exists()
 
 
@@ -102,7 +103,8 @@ def test_corrupt_and_untrusted_checkpoints_via_the_cli(tmp_path, tiny_file, cli,
     assert not marker.exists()
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, monkeypatch, cli, one_line_error, tiny_flags):
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, monkeypatch, cli, one_line_error,
+                                                    tiny_flags):
     real_save, calls = torch.save, []
 
     def flaky(obj, f, *args, **kwargs):
@@ -120,7 +122,8 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, monkeyp
     assert sorted(p.name for p in work.iterdir()) == [".lock", "checkpoint.pt", "metrics.jsonl"]
 
 
-def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, names_path, cli, one_line_error):
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, names_path, cli,
+                                                                      one_line_error):
     work = tmp_path / "run"
     code, _, err = cli("train", "--model", "mlp", "-i", names_path, "-o", work, "--learning-rate", "1e6",
                        "--max-steps", "50", "--eval-interval", "1", "--no-progress")
@@ -163,8 +166,9 @@ def test_resume_is_bit_identical(tmp_path, tiny_file, monkeypatch, model, cli, t
 
 
 def _spawn(tiny_file, work, *extra):
-    cmd = [sys.executable, "-m", "wavenet", "train", "-i", str(tiny_file), "-o", str(work), "--max-steps", "1000000",
-           "--eval-interval", "5", "--batch-size", "8", "--n-embd", "4", "--n-hidden", "8", "--no-progress", *extra]
+    cmd = [sys.executable, "-m", "wavenet", "train", "-i", str(tiny_file), "-o", str(work),
+           "--max-steps", "1000000", "--eval-interval", "5", "--batch-size", "8", "--n-embd", "4",
+           "--n-hidden", "8", "--no-progress", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -51,7 +51,8 @@ class BenchConfig:
             try:
                 check_block_size(block)
             except WavenetError:
-                raise WavenetError(f"blocks must be powers of two >= 2, got {block}", param="blocks") from None
+                raise WavenetError(f"blocks must be powers of two >= 2, got {block}",
+                                   param="blocks") from None
 
 
 QUICK = BenchConfig()
@@ -180,7 +181,7 @@ def bench_train(mlp, conv, words, vocab, positions, cfg) -> dict:
     mlp_rate, conv_rate = steps * positions / t["mlp"], steps * conv_targets / t["conv"]
     mem = {}
     for name, model, x, y, n in (("mlp", mlp, xb, yb, positions), ("conv", conv, xn, yn, conv_targets)):
-        mem[name] = saved_bytes(lambda: model(x, y)[1].backward()) / n
+        mem[name] = saved_bytes(lambda model=model, x=x, y=y: model(x, y)[1].backward()) / n
     return dict(positions=positions, conv_names=batch_names, conv_targets=conv_targets,
                 conv_padding=1 - conv_targets / yn.numel(), mlp_pos_per_s=mlp_rate, conv_pos_per_s=conv_rate,
                 speedup=conv_rate / mlp_rate, mlp_bytes_per_pos=mem["mlp"], conv_bytes_per_pos=mem["conv"])
@@ -241,7 +242,8 @@ def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
             log(f"{dname} block {block}: train speed-up "
                 + ", ".join(f"{r['speedup']:.2f}x @{r['positions']}" for r in row["train"]))
             row["sample"] = bench_sample(mlp, conv, words, cfg)
-            log(f"{dname} block {block}: cached sampling {row['sample']['cached_vs_lecture']:.1f}x the lecture loop")
+            log(f"{dname} block {block}: cached sampling "
+                f"{row['sample']['cached_vs_lecture']:.1f}x the lecture loop")
             results["rows"].append(row)
     return results
 
@@ -281,7 +283,8 @@ def markdown(results: dict) -> str:
              "|---|---:|---:|---:|" + "---:|" * len(results["config"]["train_positions"]) + "---:|"]
     for r in rows:
         t256 = next((t for t in r["train"] if t["positions"] == 256), r["train"][0])
-        lines.append(f"| {r['dataset']} | {r['block']} | {r['flop_ratio']:.2f}x | {r['eval']['speedup']:.2f}x | "
+        lines.append(f"| {r['dataset']} | {r['block']} | {r['flop_ratio']:.2f}x | "
+                     f"{r['eval']['speedup']:.2f}x | "
                      + " | ".join(f"{t['speedup']:.2f}x" for t in r["train"])
                      + f" | {t256['mlp_bytes_per_pos']:,.0f} / {t256['conv_bytes_per_pos']:,.0f} |")
     lines += ["", "| data | block | lecture loop | MLP batched | conv full | conv cached | cached / lecture "

@@ -79,7 +79,8 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wavenet checkpoint")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported (expected {VERSION})")
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
+                              f"(expected {VERSION})")
     for key in ("model_config", "model", "vocab"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint is missing '{key}'")

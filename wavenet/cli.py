@@ -51,7 +51,8 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="wavenet", description="Character-level WaveNet language models (makemore part 5, finished).")
+    p = Parser(prog="wavenet",
+               description="Character-level WaveNet language models (makemore part 5, finished).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(sp):
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-n", "--num-samples", type=int, default=20, help="samples printed at the end [20]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    data_help = "the run's data file, if it has moved (checked against the recorded SHA-256) [the recorded path]"
+    data_help = ("the run's data file, if it has moved (checked against the recorded SHA-256) "
+                 "[the recorded path]")
     s = sub.add_parser("sample", help="sample from the model in --work-dir")
     common(s)
     s.add_argument("--seed", type=int, default=None, help="seed for reproducible samples [fresh each run]")
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.add_argument("-i", "--input-file", default=None, help=data_help)
 
-    c = sub.add_parser("convert", help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")
+    c = sub.add_parser("convert",
+                       help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")
     c.add_argument("-o", "--work-dir", default="out", help="run directory holding an MLP checkpoint [out]")
     c.add_argument("--into", default=None, help="new run directory for the conv checkpoint [WORK_DIR-conv]")
 
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--full", action="store_true", help="the whole training split and 1,000-name lecture loop "
                    "(tens of minutes on 2 cores); default: quick mode, under 2 minutes")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
-    b.add_argument("-i", "--input-file", default=None, help="names to build both data sets from [data/names.txt]")
+    b.add_argument("-i", "--input-file", default=None,
+                   help="names to build both data sets from [data/names.txt]")
     b.add_argument("--blocks", default=None, help="comma-separated block sizes [8,16,32,64]")
     b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure, median reported [5]")
     b.add_argument("--out", default="benchmarks/results", help="folder for bench.json and speedup.png "

@@ -52,10 +52,11 @@ def train(args) -> int:
     vocab = Vocab.from_words(words)
     if resumed is not None:
         if data["sha256"] != resumed["data"]["sha256"]:
-            raise WavenetError(f"resume: {input_file} is not the file this run was trained on (SHA-256 differs)",
-                               param="resume")
+            raise WavenetError(f"resume: {input_file} is not the file this run was trained on "
+                               "(SHA-256 differs)", param="resume")
         if vocab != Vocab.from_dict(resumed["vocab"]):
-            raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's", param="resume")
+            raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
+                               param="resume")
     splits = split_words(words, seed=data["split_seed"])
     train_words, val_words, _ = splits
 
@@ -110,9 +111,8 @@ def train(args) -> int:
     # report
     if run.plot_loss(lossi):
         print(f"loss curve: {run.loss_plot}")
-    tr, va = split_loss(model, train_words, vocab, device), split_loss(model, val_words, vocab, device, val_batches)
-    print(f"train loss {tr:.4f}")
-    print(f"val loss   {va:.4f}")
+    print(f"train loss {split_loss(model, train_words, vocab, device):.4f}")
+    print(f"val loss   {split_loss(model, val_words, vocab, device, val_batches):.4f}")
     print(f"checkpoint: {run.checkpoint}")
     if args.num_samples:
         names = _sample(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), data, device)
@@ -160,8 +160,8 @@ def sample(args) -> int:
     model, vocab, ckpt = RunDir(args.work_dir).load_model(device)
     generator = torch.Generator()
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
-    names = _sample(model, vocab, args.num_samples, generator, ckpt["data"], device, args.temperature, args.top_k,
-                    args.prefix)
+    names = _sample(model, vocab, args.num_samples, generator, ckpt["data"], device, args.temperature,
+                    args.top_k, args.prefix)
     try:
         splits = load_split(ckpt["data"], args.input_file)
     except WavenetError as e:
@@ -205,7 +205,8 @@ def bench(args) -> int:
         try:
             changes["blocks"] = tuple(int(b) for b in args.blocks.split(","))
         except ValueError:
-            raise WavenetError(f"blocks must be comma-separated integers, got '{args.blocks}'", param="blocks") from None
+            raise WavenetError(f"blocks must be comma-separated integers, got '{args.blocks}'",
+                               param="blocks") from None
     if args.repeats is not None:
         changes["repeats"] = args.repeats
     cfg = dataclasses.replace(cfg, **changes)  # BenchConfig checks its fields

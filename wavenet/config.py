@@ -79,7 +79,8 @@ def model_config(kind: str, **given):
     """The config of model `kind` with the `given` fields changed from their defaults.
     A field the kind does not have is an error naming it, not silently dropped."""
     if kind not in MODEL_CONFIGS:
-        raise WavenetError(f"unknown model kind '{kind}' (choose from {', '.join(MODEL_CONFIGS)})", param="kind")
+        raise WavenetError(f"unknown model kind '{kind}' (choose from {', '.join(MODEL_CONFIGS)})",
+                           param="kind")
     cls = MODEL_CONFIGS[kind]
     foreign = [name for name in given if name not in {f.name for f in fields(cls)}]
     if foreign:
@@ -123,13 +124,14 @@ class TrainConfig:
         _at_least(self, "max_steps", 1)
         _at_least(self, "eval_interval", 1)
         if not self.batch_size >= 2:
-            raise WavenetError(f"batch_size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}",
-                               param="batch_size")
+            raise WavenetError("batch_size must be at least 2 (BatchNorm needs a batch), "
+                               f"got {self.batch_size}", param="batch_size")
         if not 0 < self.learning_rate < float("inf"):
             raise WavenetError(f"learning_rate must be a positive number, got {self.learning_rate}",
                                param="learning_rate")
         if not 0 <= self.decay_at <= 1:
-            raise WavenetError(f"decay_at must be a fraction between 0 and 1, got {self.decay_at}", param="decay_at")
+            raise WavenetError(f"decay_at must be a fraction between 0 and 1, got {self.decay_at}",
+                               param="decay_at")
         _at_least(self, "group_by_length", 0)
 
 

@@ -15,8 +15,8 @@ words so that each padded batch stays within a budget of positions, whatever the
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -65,9 +65,8 @@ def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}, line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})"
-                ) from None
+                raise DataError(f"{path}, line {lineno}: not valid UTF-8 "
+                                f"(byte 0x{raw[e.start]:02x} at byte {e.start + 1})") from None
             word = line.strip()
             if max_length is not None and len(word) > max_length:
                 raise DataError(f"{path}, line {lineno}: longer than max_length {max_length} characters",
@@ -92,7 +91,7 @@ class Vocab:
         self.stoi = {c: i + 1 for i, c in enumerate(chars)}
 
     @classmethod
-    def from_words(cls, words: Iterable[str]) -> "Vocab":
+    def from_words(cls, words: Iterable[str]) -> Vocab:
         return cls(sorted(set("".join(words))))
 
     def __len__(self) -> int:
@@ -131,7 +130,7 @@ class Vocab:
         return {"chars": "".join(self.chars)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> Vocab:
         return cls(list(d["chars"]))
 
 
@@ -146,9 +145,8 @@ def split_words(words: Sequence[str], seed: int = 42) -> tuple[list[str], list[s
     n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
     train, val, test = words[:n1], words[n1:n2], words[n2:]
     if not val or not test:
-        raise DataError(
-            f"{len(words)} items are too few to split 80/10/10: the val or test split would be empty (need at least 10)"
-        )
+        raise DataError(f"{len(words)} items are too few to split 80/10/10: the val or test split would be "
+                        "empty (need at least 10)")
     return train, val, test
 
 

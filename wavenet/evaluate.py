@@ -6,7 +6,7 @@ whole names; both give the mean cross-entropy over the same sum(len(w) + 1) targ
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

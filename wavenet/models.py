@@ -56,8 +56,9 @@ class HierarchicalMLP(_Tree):
 
     Config = MLPConfig
 
-    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size, n_embd: int = TreeConfig.n_embd,
-                 n_hidden: int = TreeConfig.n_hidden, generator: torch.Generator | None = None):
+    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size,
+                 n_embd: int = TreeConfig.n_embd, n_hidden: int = TreeConfig.n_hidden,
+                 generator: torch.Generator | None = None):
         # level i fuses [older, newer] of width 2 * C_in with one Linear
         super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
                          lambda c_in, h, dilation: nn.Linear(2 * c_in, h, bias=False))
@@ -98,10 +99,11 @@ class ConvWaveNet(_Tree):
 
     Config = ConvConfig
 
-    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size, n_embd: int = TreeConfig.n_embd,
-                 n_hidden: int = TreeConfig.n_hidden, generator: torch.Generator | None = None):
+    def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size,
+                 n_embd: int = TreeConfig.n_embd, n_hidden: int = TreeConfig.n_hidden,
+                 generator: torch.Generator | None = None):
         super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
-                         lambda c_in, h, dilation: nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=False))
+                         lambda c_in, h, d: nn.Conv1d(c_in, h, kernel_size=2, dilation=d, bias=False))
 
     @property
     def receptive_field(self) -> int:
@@ -183,7 +185,7 @@ class ConvWaveNet(_Tree):
         return logits  # (B, n + 1, V)
 
     @classmethod
-    def from_mlp(cls, mlp: "HierarchicalMLP") -> "ConvWaveNet":
+    def from_mlp(cls, mlp: HierarchicalMLP) -> ConvWaveNet:
         """Exact transfer: each fusion Linear over [older, newer] becomes a kernel whose tap
         at t - d is the older half; embedding, BatchNorm (affine and running statistics)
         and output layer are copied. Same dtype and device as `mlp`."""
@@ -192,9 +194,10 @@ class ConvWaveNet(_Tree):
         conv.load_state_dict(state)
         return conv.train(mlp.training)
 
-    def to_mlp(self) -> "HierarchicalMLP":
+    def to_mlp(self) -> HierarchicalMLP:
         """The inverse transfer: the per-window model with the same function."""
-        mlp = HierarchicalMLP(self.vocab_size, **asdict(self.config), generator=torch.Generator()).to(self.head.weight)
+        mlp = HierarchicalMLP(self.vocab_size, **asdict(self.config), generator=torch.Generator())
+        mlp = mlp.to(self.head.weight)
         state = {k: kernel_to_linear(v) if k.startswith("fuse.") else v for k, v in self.state_dict().items()}
         mlp.load_state_dict(state)
         return mlp.train(self.training)
@@ -210,7 +213,7 @@ class ConvWaveNet(_Tree):
             states.append(c)
         return states
 
-    def step(self, ix: torch.Tensor, cache: "ConvCache") -> torch.Tensor:
+    def step(self, ix: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         """Cached generation: feed one new id per row, ix (B,), get the next logits (B, V).
         Costs one position per layer (Fast WaveNet, Paine et al. 2016). Eval mode."""
         x = self.wte(ix)  # (B, C)

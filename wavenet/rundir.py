@@ -85,7 +85,8 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WavenetError(f"work_dir {self.path}: cannot create it ({e.strerror})", param="work_dir") from None
+            raise WavenetError(f"work_dir {self.path}: cannot create it ({e.strerror})",
+                               param="work_dir") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise WavenetError(f"work_dir {self.path}: not writable", param="work_dir")
         f = open(self.path / self.LOCK, "w")
@@ -103,8 +104,8 @@ class RunDir:
 
     def _refuse_existing(self) -> None:
         if self.checkpoint.exists():
-            raise WavenetError(f"{self.checkpoint} exists: pass resume to continue it, or choose another work_dir",
-                               param=("resume", "work_dir"))
+            raise WavenetError(f"{self.checkpoint} exists: pass resume to continue it, "
+                               "or choose another work_dir", param=("resume", "work_dir"))
 
     # ------------------------------------------------------------------ during a run
 

@@ -8,7 +8,7 @@ steps on its sliding window; the convolution either recomputes the whole prefix 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
