@@ -80,3 +80,21 @@ def test_the_benchmark_evaluates_through_the_same_batches(mixed, monkeypatch):
     bench.bench_eval(mlp, conv, mixed, vocab, bench.BenchConfig(repeats=1))
     assert {kind for kind, _ in shapes} == {"mlp", "conv"}
     assert max(n for _, n in shapes) <= 32_768
+
+
+def test_a_conv_training_step_keeps_almost_nothing_per_padded_position():
+    """A training batch is `batch_size` names padded to its longest, so one long name pads
+    the others. The conv's training forward computes no padded position, and its loss is
+    taken over real targets only: what a step keeps for the backward pass grows by about a
+    mask byte per padded position, not by logits (4 x vocabulary bytes each) or activations."""
+    words = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
+    vocab = Vocab.from_words(words)
+    model = ConvWaveNet(len(vocab), n_embd=6, n_hidden=10).train()
+    X, Y = pad_names(words, vocab, 8)
+    saved = {}
+    for extra in (0, 1_000):
+        Xp = torch.cat([X, torch.zeros(len(X), extra, dtype=torch.long)], 1)
+        Yp = torch.cat([Y, torch.full((len(Y), extra), -1)], 1)
+        saved[extra] = bench.saved_bytes(lambda Xp=Xp, Yp=Yp: model(Xp, Yp)[1].backward())
+    per_position = (saved[1_000] - saved[0]) / (len(words) * 1_000)
+    assert per_position <= 2, f"{per_position:.1f} bytes kept per padded position"

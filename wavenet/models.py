@@ -119,7 +119,7 @@ class ConvWaveNet(_Tree):
         real = None if targets is None else targets != -1  # (B, P): outputs that count in BatchNorm
         if skip_prefix and T > self.block_size and not idx[:, :self.block_size].any():
             if self.training and real is not None:
-                logits = self._forward_packed(idx[:, self.block_size:], real)
+                return self._forward_packed(idx[:, self.block_size:], targets)
             else:
                 logits = self._forward_skip_prefix(idx[:, self.block_size:])
         else:
@@ -157,12 +157,15 @@ class ConvWaveNet(_Tree):
         first = self.head(c).expand(B, 1, -1)  # (B, 1, V)
         return torch.cat([first, self.head(x)], dim=1)  # (B, n + 1, V)
 
-    def _forward_packed(self, idx, real):
+    def _forward_packed(self, idx, targets):
         """Training on whole names without computing padding: the skip-prefix path with the
         positions that matter packed into one (M, C) sequence. idx (B, n) after the prefix,
-        real (B, n + 1). A row keeps its positions up to its last real target; the input
+        targets (B, n + 1). A row keeps its positions up to its last real target; the input
         d positions back is the packed row d earlier, or `c` where that falls in the prefix.
-        Logits at positions not kept (right padding) are left 0: no target reads them."""
+        Returns (logits, loss). The loss is taken from the packed rows of real targets, so
+        nothing the size of the padding enters the backward pass; the padded logits are
+        filled from the same rows for the caller, 0 where no target reads them."""
+        real = targets != -1  # (B, n + 1)
         B, n = idx.shape
         targets_after = real[:, 1:]  # (B, n): input k feeds output k + 1
         keep = targets_after.flip(1).cumsum(1).flip(1) > 0  # (B, n): k up to the last real target
@@ -179,10 +182,13 @@ class ConvWaveNet(_Tree):
             mean, var = norm.statistics(torch.cat([c.expand(int(real[:, 0].sum()), -1), x[counted]]))
             x = torch.tanh(norm.normalize(x, mean, var))
             c = torch.tanh(norm.normalize(c, mean, var))
+        first, later = self.head(c), self.head(x)  # (V,) for every row's output 0, (M, V)
+        rows = torch.cat([first.expand(int(real[:, 0].sum()), -1), later[counted]])  # (N, V): real targets
+        loss = F.cross_entropy(rows, torch.cat([targets[:, 0][real[:, 0]], targets[:, 1:][keep][counted]]))
         logits = x.new_zeros(B, n + 1, self.vocab_size)
-        logits[:, 0] = self.head(c)
-        logits[:, 1:][keep] = self.head(x)
-        return logits  # (B, n + 1, V)
+        logits[:, 0] = first
+        logits[:, 1:][keep] = later
+        return logits, loss  # (B, n + 1, V), ()
 
     @classmethod
     def from_mlp(cls, mlp: HierarchicalMLP) -> ConvWaveNet:
