@@ -1,6 +1,6 @@
 """Run the benchmarks from this folder: `python benchmarks/run.py [--full] [--device cuda]`.
 
-Same as `wavenet bench`; see README.md, "Benchmarks", for what is measured and how.
+Same as `wavenet bench`; see README.md in this folder for what is measured and how.
 """
 
 import sys

@@ -43,6 +43,8 @@ def test_truncated_and_corrupt_files(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a run directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 def test_other_model_kind_and_foreign_files(tmp_path):

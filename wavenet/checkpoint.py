@@ -64,6 +64,9 @@ def load_checkpoint(path, map_location="cpu", kind: str | None = None) -> dict:
     """Load and validate a checkpoint. Raises CheckpointError with one line for a missing,
     truncated, corrupt or untrusted file, or one for another model kind than `kind`."""
     path = Path(path)
+    if path.is_dir():  # run directories are rundir.py's: wavenet.load(dir) or RunDir(dir).load()
+        raise CheckpointError(f"{path}: is a run directory, not a checkpoint file "
+                              "(load it with wavenet.load or RunDir)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
     try:

@@ -137,7 +137,7 @@ class TrainConfig:
 
 # The default recipe of each model kind. The MLP's is the lecture's. The conv's batch of 32
 # whole names scores ~227 targets a step, so it needs far fewer steps; it overfits names
-# after ~30 epochs, so the low learning rate runs only for the last 10% (README, "Results").
+# after ~30 epochs, so the low learning rate runs only for the last 10% (docs/whole-name-training.md).
 RECIPES: dict[str, TrainConfig] = {
     "conv": TrainConfig(max_steps=25_000, decay_at=0.9, eval_interval=2_500),
     "mlp": TrainConfig(),

@@ -90,7 +90,7 @@ class ConvWaveNet(_Tree):
     (B, T, C), runs through the whole stack, in batch and incremental mode alike. Each layer
     applies its kernel as two matrix products, tap 0 on the input d positions back and tap 1
     on the current one: the same sum `F.conv1d` computes on (B, C, T) (tested), measured
-    faster here (README, "Benchmarks"), and with no transposes around BatchNorm or the head.
+    faster here (benchmarks/README.md), and with no transposes around BatchNorm or the head.
 
     BatchNorm in training takes its statistics over the positions aligned with real
     targets, at every layer: layer l at (absolute) position t counts iff output

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
 from .data import build_windows, pad_names
 from .errors import WavenetError
 
@@ -56,7 +56,7 @@ class NameBatches:
     of names, as the MLP's batch is a random sample of windows. `group_by_length` = K > 0
     sorts names by length within chunks of K batches before cutting, which cuts padding but
     makes each batch's BatchNorm statistics specific to one length, and the model learns to
-    read them (README, "Whole-name training"); 0, the default, keeps batches random.
+    read them (docs/whole-name-training.md); 0, the default, keeps batches random.
     The batch of step s depends only on (seed, s), so resuming needs nothing but the step.
     """
 
