@@ -21,8 +21,9 @@ class WavenetError(Exception):
     """A user-facing error: bad data, bad parameters, a bad checkpoint.
 
     `param`: the library parameter (or parameters) the message is about, if any, each
-    written in the message as in Python; `renamed` replaces the last occurrence of each,
-    so a path quoted earlier in the message cannot be mistaken for one."""
+    written in the message as in Python. `renamed` replaces the last occurrence of each
+    that stands as a word of its own, not inside a path or file name (`runs/max_length`,
+    `max_length.txt`), wherever a path stands in the message."""
 
     def __init__(self, message: str, param: str | tuple[str, ...] | None = None):
         super().__init__(message)
@@ -32,7 +33,9 @@ class WavenetError(Exception):
         """The message with each parameter called `name_of(param)` (e.g. its CLI flag)."""
         text = str(self)
         for param in (self.param,) if isinstance(self.param, str) else self.param or ():
-            hits = list(re.finditer(rf"(?<![\w-]){re.escape(param)}(?![\w-])", text))
+            # not preceded by a word character, '-', '/', '\\' or '.', nor followed by a word
+            # character, '-', '/', '\\' or '.' + word character: a path or file name goes on
+            hits = list(re.finditer(rf"(?<![\w\-/\\.]){re.escape(param)}(?![\w\-/\\]|\.\w)", text))
             if hits:
                 last = hits[-1]
                 text = text[:last.start()] + name_of(param) + text[last.end():]
