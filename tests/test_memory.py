@@ -30,6 +30,11 @@ def test_resident_memory_stays_flat(tmp_path, names_path, model):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []
     try:
+        # the clock starts once training is under way (its first checkpoint), not at launch:
+        # a slow start on a busy machine must not land in the thirds that are compared
+        while not (tmp_path / "run" / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
         t0 = time.time()
         while time.time() - t0 < SECONDS:
             time.sleep(1.0)
