@@ -45,3 +45,5 @@ def test_a_moved_data_file_must_be_the_same_file(tmp_path, cli, one_line_error):
     other.write_text((LEGACY / "tiny.txt").read_text() + "zed\n")
     one_line_error(*cli("eval", "-o", LEGACY / "mlp", "-i", other)[::2],
                    "not the file this run was trained on (SHA-256 differs)")
+    one_line_error(*cli("eval", "-o", LEGACY / "mlp", "-i", tmp_path / "gone.txt")[::2],
+                   "gone.txt: no such file")
