@@ -41,3 +41,42 @@ def test_tiny_run_reports_everything(names, tmp_path):
     bench.write_outputs(results, tmp_path / "out", log)
     rows = [line for line in log.read_text().splitlines() if line.startswith("| 20")]
     assert len(rows) == 2 and log in written
+
+
+def test_tiny_run_measures_the_machine_and_each_training_path(names):
+    cfg = dataclasses.replace(bench.QUICK, blocks=(8,), repeats=1, datasets=("names",), eval_words=20,
+                              sample_names=2, lecture_names=1, train_positions=(64,),
+                              model=MLPConfig(n_embd=4, n_hidden=16))
+    t = bench.run(names[:300], cfg, log=lambda line: None)["rows"][0]["train"][0]
+    assert t["gemm_gflops"] > 0
+    for name in ("mlp", "conv", "conv_ref"):
+        assert t[f"{name}_gflops"] > 0 and t[f"{name}_fraction"] == t[f"{name}_gflops"] / t["gemm_gflops"]
+    assert t["speedup"] == t["conv_pos_per_s"] / t["mlp_pos_per_s"]
+
+
+def test_speedrun_times_both_recipes_and_keeps_the_benchmark(names, tmp_path, monkeypatch):
+    """A short speedrun: val every 5% of each run, the first point at or below the target,
+    and bench.json keeps the other section when either kind of run writes it."""
+    from wavenet import speedrun
+    from wavenet.config import TrainConfig
+    monkeypatch.setattr(speedrun, "TARGET", 3.2)  # reachable in a few dozen steps
+    recipes = {"mlp": TrainConfig(max_steps=40, batch_size=16),
+               "conv": TrainConfig(max_steps=20, batch_size=4)}
+    result = speedrun.speedrun(names[:300], log=lambda line: None, recipes=recipes)
+    for kind, steps in (("mlp", 40), ("conv", 20)):
+        run = result["runs"][kind]
+        assert [s for s, _, _ in run["curve"]] == list(range(steps // 20, steps + 1, steps // 20))
+        seconds = [t for _, t, _ in run["curve"]]
+        assert seconds == sorted(seconds) and seconds[0] > 0
+        first = next(p for p in run["curve"] if p[2] <= 3.2)
+        assert run["reached"] == dict(step=first[0], seconds=first[1], val=first[2])
+    reached = {kind: run["reached"]["seconds"] for kind, run in result["runs"].items()}
+    assert result["ratio"] == reached["mlp"] / reached["conv"]
+    assert "| lecture (MLP) | 40 |" in speedrun.markdown(result)
+    out, log = tmp_path / "out", tmp_path / "log.md"
+    (out).mkdir()
+    (out / "bench.json").write_text(json.dumps({"mode": "quick", "rows": [1, 2]}))
+    bench.write_outputs(dict(mode="speedrun", machine=bench.machine("cpu"), speedrun=result), out, log)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["rows"] == [1, 2] and saved["speedrun"]["runs"]["conv"]["recipe"]["max_steps"] == 20
+    assert "| speedrun |" in log.read_text()

@@ -55,6 +55,7 @@ def test_train_sample_eval(tmp_path, tiny_file, cli, tiny_flags):
     (["bench", "--blocks", "8,12"], "--blocks must be powers of two >= 2, got 12"),
     (["bench", "--blocks", "eight"], "--blocks must be comma-separated integers"),
     (["bench", "--repeats", "0"], "--repeats must be at least 1"),
+    (["bench", "--speedrun", "--full"], "--speedrun takes no --full, --blocks or --repeats"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, argv, message, cli, one_line_error):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -119,7 +119,7 @@ def test_window_batches_are_the_lectures_draws_and_resume_exactly():
 def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
     words = [w * k for w in WORDS for k in (1, 2, 3)]
     vocab = Vocab.from_words(words)
-    nb = NameBatches(words, vocab, 4, 7, seed=3)
+    nb = NameBatches(words, vocab, 4, 7, seed=3, packed=False)
     seen = []
     for _ in range(nb.per_epoch):
         X, Y = nb.next()
@@ -127,7 +127,7 @@ def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
         seen += [vocab.decode(x[4:][x[4:] != 0].tolist()) for x in X]
     assert sorted(seen) == sorted(words)
     later = [nb.next() for _ in range(5)]
-    again = NameBatches(words, vocab, 4, 7, seed=3)
+    again = NameBatches(words, vocab, 4, 7, seed=3, packed=False)
     again.load_state_dict({"step": nb.per_epoch})
     for X, Y in later:
         X2, Y2 = again.next()
@@ -137,8 +137,8 @@ def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
 def test_grouped_name_batches_hold_names_of_similar_length():
     words = [w * k for w in WORDS for k in (1, 2, 3, 4)]
     vocab = Vocab.from_words(words)
-    plain = NameBatches(words, vocab, 4, 5, seed=0)
-    grouped = NameBatches(words, vocab, 4, 5, seed=0, group_by_length=8)
+    plain = NameBatches(words, vocab, 4, 5, seed=0, packed=False)
+    grouped = NameBatches(words, vocab, 4, 5, seed=0, group_by_length=8, packed=False)
 
     def padding(batches):
         Y = [batches.next()[1] for _ in range(batches.per_epoch)]
@@ -154,7 +154,7 @@ def test_make_batches_picks_the_source_of_the_model_kind():
     windows = make_batches(mlp, WORDS, VOCAB, cfg, torch.Generator().manual_seed(0))
     names = make_batches(conv, WORDS, VOCAB, cfg, torch.Generator().manual_seed(0))
     assert isinstance(windows, WindowBatches) and windows.next()[0].shape == (4, 8)
-    assert isinstance(names, NameBatches) and names.next()[0].shape[0] == 4
+    assert isinstance(names, NameBatches) and names.next()[0].n_names == 4
     for source, model in ((windows, mlp), (names, conv)):
         _, loss = model(*source.next())
         assert math.isfinite(loss.item())

@@ -154,37 +154,73 @@ def bench_eval(mlp, conv, words, vocab, cfg) -> dict:
     return dict(targets=targets, mlp_s=t["mlp"], conv_s=t["conv"], speedup=t["mlp"] / t["conv"])
 
 
+def gemm(rows: int, inner: int, cols: int, device, dtype=torch.float32):
+    """A matrix product (rows, inner) @ (inner, cols) and its FLOPs: the machine's own rate
+    for the shapes a training step multiplies, timed in the same race as the models."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, inner, generator=g).to(device, dtype)
+    b = torch.randn(inner, cols, generator=g).to(device, dtype)
+    out = torch.empty(rows, cols, device=device, dtype=dtype)
+    return (lambda: torch.mm(a, b, out=out)), 2 * rows * inner * cols
+
+
 def bench_train(mlp, conv, words, vocab, positions, cfg) -> dict:
     """fwd + bwd + SGD step at about `positions` target positions per step, on copies (the
-    steps change the weights; the other sections keep the shared ones)."""
+    steps change the weights; the other sections keep the shared ones). Three contestants:
+    the MLP on random windows (the lecture's arithmetic), the conv's training step (packed
+    names, fused; what `wavenet train` runs) and the conv's reference path (autograd on
+    `pad_names` rows). Batches are built before the clock starts, for all three; building
+    a packed batch is timed on its own. Beside them, in the same race, a matrix product of
+    the step's largest shape (2,048 x 2H x H) gives this machine's rate: achieved GFLOP/s
+    count 3 x the forward matrix-product FLOPs (forward, and two products per weight in the
+    backward pass) per target."""
     mlp, conv = copy.deepcopy(mlp).train(), copy.deepcopy(conv).train()
+    ref = copy.deepcopy(conv)
     X, Y = build_windows(words, vocab, mlp.block_size)
     g = torch.Generator().manual_seed(0)
     ix = torch.randint(0, len(X), (positions,), generator=g)
     xb, yb = X[ix].to(cfg.device), Y[ix].to(cfg.device)
     per_name = sum(len(w) + 1 for w in words) / len(words)
     batch_names = max(2, round(positions / per_name))
-    nb = NameBatches(words, vocab, conv.block_size, batch_names, seed=0, device=cfg.device)
-    xn, yn = nb.next()
-    conv_targets = int((yn != -1).sum())
-    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4) for m in (mlp, conv)}
+    source = NameBatches(words, vocab, conv.block_size, batch_names, seed=0)
+    packed, _ = source.next()
+    packed = packed.to(cfg.device)
+    xn, yn = NameBatches(words, vocab, conv.block_size, batch_names, seed=0, packed=False).next()
+    xn, yn = xn.to(cfg.device), yn.to(cfg.device)
+    conv_targets = packed.n_targets
+    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4) for m in (mlp, conv, ref)}
 
-    def step(model, x, y):
-        _, loss = model(x, y)
+    def step(model, *batch):
+        _, loss = model(*batch)
         opts[model].zero_grad(set_to_none=True)
         loss.backward()
         opts[model].step()
 
+    H = cfg.model.n_hidden
+    product, product_flops = gemm(2048, 2 * H, H, cfg.device)
     steps = 3 if positions >= 1024 else 10
+    reps = max(1, round(3 * positions * flops_per_target(mlp) / product_flops))  # about an MLP step's work
     t = race({"mlp": lambda: [step(mlp, xb, yb) for _ in range(steps)],
-              "conv": lambda: [step(conv, xn, yn) for _ in range(steps)]}, cfg.repeats, cfg.device)
-    mlp_rate, conv_rate = steps * positions / t["mlp"], steps * conv_targets / t["conv"]
-    mem = {}
-    for name, model, x, y, n in (("mlp", mlp, xb, yb, positions), ("conv", conv, xn, yn, conv_targets)):
-        mem[name] = saved_bytes(lambda model=model, x=x, y=y: model(x, y)[1].backward()) / n
-    return dict(positions=positions, conv_names=batch_names, conv_targets=conv_targets,
-                conv_padding=1 - conv_targets / yn.numel(), mlp_pos_per_s=mlp_rate, conv_pos_per_s=conv_rate,
-                speedup=conv_rate / mlp_rate, mlp_bytes_per_pos=mem["mlp"], conv_bytes_per_pos=mem["conv"])
+              "conv": lambda: [step(conv, packed) for _ in range(steps)],
+              "conv_ref": lambda: [step(ref, xn, yn) for _ in range(steps)],
+              "batch": lambda: [source.next() for _ in range(steps)],
+              "gemm": lambda: [product() for _ in range(steps * reps)]}, cfg.repeats, cfg.device)
+    gemm_gflops = steps * reps * product_flops / t["gemm"] / 1e9
+    out = dict(positions=positions, conv_names=batch_names, conv_targets=conv_targets,
+               ref_padding=1 - conv_targets / yn.numel(), gemm_gflops=gemm_gflops,
+               batch_ms=t["batch"] / steps * 1e3)
+    for name, model, n, batch in (("mlp", mlp, positions, (xb, yb)), ("conv", conv, conv_targets, (packed,)),
+                                  ("conv_ref", ref, conv_targets, (xn, yn))):
+        rate = steps * n / t[name]
+        out[f"{name}_pos_per_s"] = rate
+        out[f"{name}_ms_per_step"] = t[name] / steps * 1e3
+        out[f"{name}_gflops"] = 3 * flops_per_target(model) * rate / 1e9
+        out[f"{name}_fraction"] = out[f"{name}_gflops"] / gemm_gflops
+        saved = saved_bytes(lambda model=model, batch=batch: model(*batch)[1].backward())
+        out[f"{name}_bytes_per_pos"] = saved / n
+    out["speedup"] = out["conv_pos_per_s"] / out["mlp_pos_per_s"]
+    out["ref_speedup"] = out["conv_ref_pos_per_s"] / out["mlp_pos_per_s"]
+    return out
 
 
 @torch.no_grad()
@@ -227,7 +263,8 @@ def bench_sample(mlp, conv, words, cfg) -> dict:
 
 
 def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
-    results = dict(config=asdict(cfg), machine=machine(cfg.device), rows=[])
+    results = dict(mode="quick" if cfg.quick else "full", config=asdict(cfg), machine=machine(cfg.device),
+                   rows=[])
     for dname, (words, vocab) in datasets(names, cfg.datasets).items():
         eval_words = words if cfg.eval_words is None else words[:cfg.eval_words]
         for block in cfg.blocks:
@@ -287,6 +324,22 @@ def markdown(results: dict) -> str:
                      f"{r['eval']['speedup']:.2f}x | "
                      + " | ".join(f"{t['speedup']:.2f}x" for t in r["train"])
                      + f" | {t256['mlp_bytes_per_pos']:,.0f} / {t256['conv_bytes_per_pos']:,.0f} |")
+    lines += ["", "| data | block | targets / step | machine GEMM | MLP | conv | conv / MLP (FLOP ratio) "
+              "| conv reference path / MLP | packing a batch |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for t in r["train"]:
+            lines.append(f"| {r['dataset']} | {r['block']} | {t['positions']:,} | "
+                         f"{t['gemm_gflops']:.0f} GFLOP/s | "
+                         f"{t['mlp_gflops']:.1f} ({t['mlp_fraction']:.0%}) | "
+                         f"{t['conv_gflops']:.1f} ({t['conv_fraction']:.0%}) | "
+                         f"{t['speedup']:.2f}x ({r['flop_ratio']:.2f}x) | {t['ref_speedup']:.2f}x | "
+                         f"{t['batch_ms']:.2f} ms |")
+    lines += ["", "Training: GFLOP/s achieved (fraction of the machine's matrix-product rate, measured in "
+              "the same race at 2,048 x 2H x H), counting 3 x the forward matrix-product FLOPs per target. "
+              "conv = the packed, fused step `wavenet train` runs; reference path = autograd on "
+              "`pad_names` rows. MLP targets per step = positions; the conv's differ a little "
+              "(whole names)."]
     lines += ["", "| data | block | lecture loop | MLP batched | conv full | conv cached | cached / lecture "
               "| cached / MLP batched | cached / full | identical names |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
@@ -333,23 +386,47 @@ def plot(results: dict, path: Path) -> bool:
 
 
 def log_line(results: dict) -> str:
-    m, rows = results["machine"], results["rows"]
-    key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x "
-                    f"train {r['train'][-1]['speedup']:.2f}x (flop {r['flop_ratio']:.2f}x) "
-                    f"cached {r['sample']['cached_vs_lecture']:.0f}x" for r in rows)
-    mode = "quick" if results["config"]["quick"] else "full"
-    return (f"| {m['date']} | {mode} | {m['device']} | {m['gpu'] or m['cpu']} | {m['threads']} | "
+    m = results["machine"]
+    if results["mode"] == "speedrun":
+        r = results["speedrun"]
+        times = {k: run["reached"]["seconds"] if run["reached"] else None for k, run in r["runs"].items()}
+        key = (f"time to val <= {r['target']}: lecture MLP "
+               + (f"{times['mlp']:.0f} s" if times["mlp"]
+                  else f"not reached in {r['runs']['mlp']['train_s']:.0f} s")
+               + ", default conv " + (f"{times['conv']:.1f} s" if times["conv"] else "not reached")
+               + (f" ({r['ratio']:.1f}x)" if r["ratio"] else "")
+               + f"; final val {r['runs']['mlp']['final_val']:.4f} / {r['runs']['conv']['final_val']:.4f}")
+    else:
+        key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x "
+                        f"train {r['train'][-1]['speedup']:.2f}x (flop {r['flop_ratio']:.2f}x, "
+                        f"{r['train'][-1]['conv_fraction']:.0%} of GEMM) "
+                        f"cached {r['sample']['cached_vs_lecture']:.0f}x" for r in results["rows"])
+    return (f"| {m['date']} | {results['mode']} | {m['device']} | {m['gpu'] or m['cpu']} | {m['threads']} | "
             f"{m['torch']} | {m['commit']} | {key} |")
 
 
 def write_outputs(results: dict, out_dir: Path, perf_log: Path) -> list[Path]:
+    """bench.json holds the latest run of each kind: a speedrun replaces only its own section
+    (stamped with its machine and commit), a benchmark run keeps an earlier speedrun's."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "bench.json"]
-    written[0].write_text(json.dumps(results, indent=1))
-    if plot(results, out_dir / "speedup.png"):
+    path = out_dir / "bench.json"
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if results["mode"] == "speedrun":
+        merged = {**earlier, "speedrun": {**results["speedrun"], "machine": results["machine"]}}
+    else:
+        merged = {**results, **({"speedrun": earlier["speedrun"]} if "speedrun" in earlier else {})}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.replace(path)
+    written = [path]
+    if results["mode"] != "speedrun" and plot(results, out_dir / "speedup.png"):
         written.append(out_dir / "speedup.png")
     if not perf_log.exists():
-        perf_log.write_text("# Performance log\n\nOne row per `wavenet bench` run (quick or full).\n\n"
+        perf_log.write_text("# Performance log\n\nOne row per `wavenet bench` run (quick, full or "
+                            "speedrun).\n\n"
                             "| date | mode | device | processor | threads | torch | commit | key ratios |\n"
                             "|---|---|---|---|---:|---|---|---|\n")
     with open(perf_log, "a") as f:

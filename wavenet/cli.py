@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="MLP vs conv: evaluation, training, sampling, memory, across contexts")
     b.add_argument("--full", action="store_true", help="the whole training split and 1,000-name lecture loop "
                    "(tens of minutes on 2 cores); default: quick mode, under 2 minutes")
+    b.add_argument("--speedrun", action="store_true", help="instead: time to val <= 1.993 of the lecture's "
+                   "recipe (MLP) against the default recipe (conv), both trained in this process (minutes)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
     b.add_argument("-i", "--input-file", default=None,
                    help="names to build both data sets from [data/names.txt]")

@@ -199,6 +199,9 @@ def convert(args) -> int:
 
 def bench(args) -> int:
     from . import bench as benchmarks
+    if args.speedrun and (args.full or args.blocks or args.repeats is not None):
+        raise WavenetError("--speedrun takes no --full, --blocks or --repeats: it trains the two default "
+                           "recipes", param="speedrun")
     cfg = benchmarks.FULL if args.full else benchmarks.QUICK
     changes = dict(device=resolve_device(args.device))
     if args.blocks:
@@ -211,11 +214,20 @@ def bench(args) -> int:
         changes["repeats"] = args.repeats
     cfg = dataclasses.replace(cfg, **changes)  # BenchConfig checks its fields
     names = load_words(args.input_file or default_input())
-    print(f"wavenet bench ({'full' if args.full else 'quick'}): device {cfg.device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-    results = benchmarks.run(names, cfg, log=lambda line: print(line, flush=True))
+    mode = "speedrun" if args.speedrun else "full" if args.full else "quick"
+    print(f"wavenet bench ({mode}): device {cfg.device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}", flush=True)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.speedrun:
+        from . import speedrun
+        results = dict(mode=mode, machine=benchmarks.machine(cfg.device),
+                       speedrun=speedrun.speedrun(names, cfg.device, log=log))
+        table = speedrun.markdown(results["speedrun"])
+    else:
+        results = benchmarks.run(names, cfg, log=log)
+        table = benchmarks.markdown(results)
     print()
-    print(benchmarks.markdown(results))
+    print(table)
     for path in benchmarks.write_outputs(results, Path(args.out), Path(args.log)):
         print(f"wrote {path}")
     return EXIT_OK

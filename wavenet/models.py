@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .config import ConvConfig, MLPConfig, TreeConfig, check_block_size, config_from_record
 from .errors import WavenetError
 from .layers import BatchNorm, lecture_linear_weight, lm_loss
+from .packed import PackedNames, fused_forward
 
 
 class _Tree(nn.Module):
@@ -112,7 +113,12 @@ class ConvWaveNet(_Tree):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, skip_prefix: bool = True):
         """`skip_prefix`: when the first block_size ids of every row are boundary tokens (as
         `pad_names` makes them), compute each layer's all-boundary output once instead of at
-        every position. Same function either way; False forces the plain path."""
+        every position. Same function either way; False forces the plain path.
+
+        `idx` may instead be a `packed.PackedNames` batch (targets inside it): the fused
+        training step, which returns (log-probabilities per packed row, loss)."""
+        if isinstance(idx, PackedNames):
+            return fused_forward(self, idx)
         B, T = idx.shape
         if T < self.block_size:
             raise ValueError(f"ConvWaveNet needs at least {self.block_size} ids per row, got {T}")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
 from .data import build_windows, pad_names
 from .errors import WavenetError
+from .packed import pack, packed_rows
 
 
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
@@ -58,15 +59,22 @@ class NameBatches:
     makes each batch's BatchNorm statistics specific to one length, and the model learns to
     read them (docs/whole-name-training.md); 0, the default, keeps batches random.
     The batch of step s depends only on (seed, s), so resuming needs nothing but the step.
+
+    `packed` (the default): `next()` returns (`packed.PackedNames`, None), the fused
+    training step's layout, built from names encoded once per run; False: `pad_names`
+    rows (X, Y), the reference path. Both hold the same names in the same order.
     """
 
     def __init__(self, words, vocab, block_size: int, batch_size: int, seed: int, device="cpu",
-                 group_by_length: int = 0):
+                 group_by_length: int = 0, packed: bool = True):
         self.words, self.vocab, self.block_size = list(words), vocab, block_size
         self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.group_by_length = group_by_length
+        self.group_by_length, self.packed = group_by_length, packed
         self.per_epoch = -(-len(self.words) // batch_size)
         self.step, self._epoch, self._plan = 0, None, None
+        if packed:  # every name's ids, once: (all characters, lengths, where each begins)
+            self._chars, self._lengths = packed_rows([vocab.encode(w) for w in self.words])
+            self._starts = torch.cumsum(self._lengths, 0) - self._lengths
 
     def _make_plan(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -80,13 +88,24 @@ class NameBatches:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_names(self) -> list[int]:
+        """The indices into `words` of the next batch's names (advances the step)."""
         epoch, k = divmod(self.step, self.per_epoch)
         if epoch != self._epoch:
             self._epoch, self._plan = epoch, self._make_plan(epoch)
         self.step += 1
-        X, Y = pad_names([self.words[j] for j in self._plan[k]], self.vocab, self.block_size)
-        return X.to(self.device), Y.to(self.device)
+        return self._plan[k]
+
+    def next(self):
+        chosen = self.next_names()
+        if not self.packed:
+            X, Y = pad_names([self.words[j] for j in chosen], self.vocab, self.block_size)
+            return X.to(self.device), Y.to(self.device)
+        chosen = torch.tensor(chosen, dtype=torch.long)
+        lengths, starts = self._lengths[chosen], self._starts[chosen]
+        shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+        chars = self._chars[torch.arange(len(shift)) + shift]
+        return pack(chars, lengths, self.block_size, len(self.vocab)).to(self.device), None
 
     def state_dict(self) -> dict:
         return {"step": self.step}

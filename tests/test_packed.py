@@ -1,0 +1,167 @@
+"""The fused training step on packed names computes what the reference path computes.
+
+`ConvWaveNet(X, Y)` on `pad_names` rows (autograd, tests/test_conv.py and
+tests/test_equivalence.py tie it to the lecture's MLP) against `ConvWaveNet(PackedNames)`
+(forward and backward by hand, wavenet/packed.py): loss, every gradient, BatchNorm's running
+statistics, the log-probabilities of every target, in float64 and float32, in training and
+eval mode, with ignored targets anywhere; and a short training run on each path.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from wavenet.data import Vocab, build_windows, pad_names
+from wavenet.models import ConvWaveNet, HierarchicalMLP
+from wavenet.packed import pack, pack_padded, packed_rows
+from wavenet.train import NameBatches
+
+WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x",
+         "bartholomew", "zo"]
+VOCAB = Vocab.from_words(WORDS)
+TOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+@pytest.fixture(scope="module")
+def model(randomize_batchnorm):
+    def make(block_size=8, dtype=torch.float64, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        m = ConvWaveNet(len(VOCAB), block_size=block_size, n_embd=6, n_hidden=10, generator=g).to(dtype)
+        randomize_batchnorm(m, g)
+        with torch.no_grad():
+            m.head.bias.normal_(generator=g)
+        return m
+    return make
+
+
+def step(m, *batch):
+    m.zero_grad(set_to_none=True)
+    out, loss = m(*batch)
+    loss.backward()
+    return (out, loss, {n: p.grad.clone() for n, p in m.named_parameters()},
+            {n: b.clone() for n, b in m.named_buffers()})
+
+
+def assert_same_step(ref, fused, Y, dtype):
+    tol = dict(rtol=0, atol=TOL[dtype])
+    logits, loss, grads, stats = ref
+    logp, loss_f, grads_f, stats_f = fused
+    torch.testing.assert_close(loss_f, loss, **tol)
+    for name in grads:
+        assert grads[name].abs().max() > 0, name
+        torch.testing.assert_close(grads_f[name], grads[name], **tol, msg=name)
+    for name in stats:
+        torch.testing.assert_close(stats_f[name], stats[name], **tol, msg=name)
+    # the log-probability of every real target, in pad_names order
+    expected = torch.log_softmax(logits, -1).gather(-1, Y.clamp(min=0)[..., None])[..., 0][Y != -1]
+    return expected
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 8, 32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_step_is_the_reference_step(block_size, dtype, training, model):
+    X, Y = pad_names(WORDS, VOCAB, block_size)
+    ref, fused = model(block_size, dtype), model(block_size, dtype)
+    ref.train(training), fused.train(training)
+    batch = pack_padded(X, Y, block_size, len(VOCAB))
+    a, b = step(ref, X, Y), step(fused, batch)
+    expected = assert_same_step(a, b, Y, dtype)
+    got = b[0].view(-1)[batch.targets]
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOL[dtype])
+    assert batch.n_targets == int((Y != -1).sum()) == len(expected)
+
+
+@pytest.mark.parametrize("block_size", [4, 8])
+def test_ignored_targets_anywhere(block_size, model):
+    """-1 inside a name, at output 0, at a name's end, and a row whose only real target is
+    output 0: each drops that target only; the inputs still feed later positions."""
+    X, Y = pad_names(WORDS, VOCAB, block_size)
+    Y = Y.clone()
+    Y[0, 2] = Y[3, 0] = Y[5, 4] = -1
+    Y[6, len(WORDS[6])] = -1  # the end of "charlotte"
+    Y[8, 1:] = -1  # "jo": output 0 only
+    Y[9, :] = -1  # "x": nothing at all
+    ref, fused = model(block_size).train(), model(block_size).train()
+    batch = pack_padded(X, Y, block_size, len(VOCAB))
+    expected = assert_same_step(step(ref, X, Y), step(fused, batch), Y, torch.float64)
+    assert batch.n_targets == len(expected)
+
+
+def test_extra_right_padding_packs_to_the_same_batch():
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    a = pack_padded(X, Y, 8, len(VOCAB))
+    b = pack_padded(torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1),
+                    torch.cat([Y, torch.full((len(Y), 5), -1)], 1), 8, len(VOCAB))
+    for name in ("ids", "first_pairs", "weight", "targets"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert all(torch.equal(p, q) for p, q in zip(a.pairs, b.pairs))
+
+
+def test_packing_layout_by_hand():
+    """Names 'ab' and 'c', vocabulary a=1 b=2 c=3, block 4: rows [c, a, b, c]."""
+    batch = pack(torch.tensor([1, 2, 3]), torch.tensor([2, 1]), block_size=4, vocab_size=4)
+    assert batch.ids.tolist() == [0, 1, 2, 3]
+    # (older, newer) per row; dilation 1 then 2; the older input is row 0 outside the name
+    assert batch.pairs[0].view(-1, 2).tolist() == [[0, 0], [0, 1], [1, 2], [0, 3]]
+    assert batch.pairs[1].view(-1, 2).tolist() == [[0, 0], [0, 1], [0, 2], [0, 3]]
+    assert batch.first_pairs.view(-1, 2).tolist() == [[0, 0], [0, 1], [1, 2], [0, 3]]
+    # row * V + target, name by name: 'a' read at row 0, 'b' after 'a', the boundary after 'b';
+    # then 'c' at row 0 and the boundary after 'c'
+    assert batch.targets.tolist() == [0 * 4 + 1, 1 * 4 + 2, 2 * 4 + 0, 0 * 4 + 3, 3 * 4 + 0]
+    assert batch.weight.tolist() == [2, 1, 1, 1]
+
+
+def test_packed_name_batches_hold_the_padded_batches_names():
+    words = [w * k for w in WORDS for k in (1, 2, 3)]
+    vocab = Vocab.from_words(words)
+    packed = NameBatches(words, vocab, 8, 7, seed=3)
+    padded = NameBatches(words, vocab, 8, 7, seed=3, packed=False)
+    for _ in range(packed.per_epoch + 2):  # across an epoch boundary, and a short last batch
+        a, none = packed.next()
+        X, Y = padded.next()
+        b = pack_padded(X, Y, 8, len(vocab))
+        assert none is None and a.n_names == len(X)
+        for name in ("ids", "first_pairs", "weight", "targets"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert all(torch.equal(p, q) for p, q in zip(a.pairs, b.pairs))
+
+
+def test_fused_eval_step_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):
+    """In eval mode, the fused path's loss and gradients are the lecture's MLP's on the
+    windows of the same names (the weights transferred by from_mlp)."""
+    words = names[:200]
+    g = torch.Generator().manual_seed(1)
+    mlp = HierarchicalMLP(len(vocab), 16, n_embd=12, n_hidden=32, generator=g).double()
+    randomize_batchnorm(mlp, g).eval()
+    conv = ConvWaveNet.from_mlp(mlp)
+    chars, lengths = packed_rows([vocab.encode(w) for w in words])
+    _, loss_c = conv(pack(chars, lengths, 16, len(vocab)))
+    _, loss_m = mlp(*build_windows(words, vocab, 16))
+    torch.testing.assert_close(loss_c, loss_m, rtol=0, atol=1e-12)
+    loss_c.backward(), loss_m.backward()
+    grads = dict(conv.named_parameters())
+    for name, p in mlp.named_parameters():
+        g = grads[name].grad
+        g = g.permute(0, 2, 1).reshape(p.shape) if name.startswith("fuse.") else g
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_training_on_either_path_ends_at_the_same_weights(model):
+    """40 SGD steps, batches of 5 names: packed + fused against pad_names + autograd."""
+    words = [w * k for w in WORDS for k in (1, 2)]
+    vocab = Vocab.from_words(words)
+    ref = ConvWaveNet(len(vocab), 8, 6, 10, generator=torch.Generator().manual_seed(0)).double()
+    fused, start = copy.deepcopy(ref), copy.deepcopy(ref.state_dict())
+    for m, packed in ((ref, False), (fused, True)):
+        batches = NameBatches(words, vocab, 8, 5, seed=0, packed=packed)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(40):
+            _, loss = m(*batches.next())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, p), q in zip(ref.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-10, msg=name)
+        assert (p - start[name]).abs().max() > 1e-3, f"{name} did not move"

@@ -1,0 +1,210 @@
+"""The fast training step of `ConvWaveNet`: whole names packed into rows, and one fused
+forward and backward pass written out by hand.
+
+`ConvWaveNet(X, Y)` on `pad_names` rows is the readable reference: autograd through a
+dozen small operators per layer, with the packing indices rebuilt on every call. Here the
+batch source does that bookkeeping once per batch (`PackedNames`), and the model's forward
+and backward become a few large matrix products per layer, so a step costs close to its
+arithmetic. tests/test_packed.py proves both paths compute the same loss, gradients and
+BatchNorm statistics (and both equal the lecture's MLP, tests/test_equivalence.py).
+
+Layout. Row 0 stands for every name's boundary prefix: its receptive field holds only
+boundary tokens, so at every layer it carries the one all-boundary state `c`. Rows 1..M
+are the names' characters, name after name. A kernel-2 layer of dilation d reads, for row
+r, the pair (input d positions back, input at r): row r - d inside the same name, else
+row 0. Output 0 of every name is read from row 0; the output after character k of a name
+from that character's row. `weight[r]` counts the real targets read from row r, which is
+also the weight of that row in BatchNorm's statistics (the conv counts exactly the
+positions aligned with real targets, models.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class PackedNames:
+    """A training batch of whole names, packed (see the module docstring). R = M + 1 rows.
+
+    ids (R,): the id at each row (0 at row 0). pairs: one (2R,) index per layer, the
+    interleaved [older, newer] rows each row reads. first_pairs: pairs[0] mapped to ids
+    (layer 0 reads the embedding table directly). weight (R,): real targets per row.
+    targets (N,): flat indices row * V + target of every real target, in `pad_names` order
+    (Y[Y != -1]: name by name, output 0 first). `n_names`, `n_targets`: for rates and reporting."""
+
+    ids: torch.Tensor
+    pairs: list[torch.Tensor]
+    first_pairs: torch.Tensor
+    weight: torch.Tensor
+    targets: torch.Tensor
+    n_names: int
+    n_targets: int
+
+    def to(self, device) -> PackedNames:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        moved["pairs"] = [p.to(device, non_blocking=True) for p in self.pairs]
+        return PackedNames(**moved)
+
+
+def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size: int,
+         targets: torch.Tensor | None = None) -> PackedNames:
+    """Pack names given as their characters' ids, concatenated (`chars`, (M,)), and their
+    lengths (B,), each at least 1. `targets` (M + B,) overrides the natural targets (each
+    name's characters then 0) in `pad_names` order, name by name; -1 drops a target, as in Y.
+    All of it is vectorised: a few dozen tensor operations per batch, no Python per name."""
+    B, M = len(lengths), len(chars)
+    starts = torch.cumsum(lengths, 0) - lengths  # where each name's characters begin in `chars`
+    name_of = torch.repeat_interleave(torch.arange(B), lengths)  # (M,)
+    offset = torch.arange(M) - starts[name_of]  # k: position of each character in its name
+    rows = torch.arange(1, M + 1)
+    is_first = torch.zeros(M + B, dtype=torch.bool)  # name b's targets: output 0, then one per character
+    is_first[starts + torch.arange(B)] = True
+    if targets is None:
+        targets = torch.zeros(M + B, dtype=torch.long)  # each name's characters, then 0
+        targets[~is_first] = torch.where(offset == lengths[name_of] - 1, 0, chars.roll(-1))
+        targets[is_first] = chars[starts]
+    flat = torch.empty(M + B, dtype=torch.long)  # row * V + target, in pad_names order
+    flat[is_first] = targets[is_first]  # output 0 reads row 0
+    flat[~is_first] = rows * vocab_size + targets[~is_first]
+    real = targets != -1
+    weight = torch.zeros(M + 1).index_add_(0, flat[real] // vocab_size, torch.ones(int(real.sum())))
+    flat = flat[real]
+    ids = torch.cat([torch.zeros(1, dtype=torch.long), chars])
+    pairs = []
+    d = 1
+    while d < block_size:
+        older = torch.where(offset >= d, rows - d, 0)
+        pairs.append(torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
+                                  torch.arange(M + 1)], 1).reshape(-1))
+        d *= 2
+    return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat,
+                       weight=weight.to(torch.get_default_dtype()), n_names=B, n_targets=len(flat))
+
+
+def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: int) -> PackedNames:
+    """`pack` from `pad_names` rows: X (B, block_size + L), Y (B, L + 1). A row keeps its
+    characters up to its last real target (the rest is padding)."""
+    real = Y != -1
+    rows = real.any(1)  # a row without a real target contributes nothing
+    X, Y, real = X[rows], Y[rows], real[rows]
+    idx = X[:, block_size:]
+    reach = real.flip(1).cumsum(1).flip(1) > 0  # (B, L + 1): outputs up to the last real one
+    keep = reach[:, 1:]  # characters that feed a kept output
+    lengths = keep.sum(1)
+    ends = reach.clone()
+    ends[:, 1:] = keep
+    return pack(idx[keep], lengths, block_size, vocab_size, targets=Y[ends])
+
+
+def packed_rows(words: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded names -> (chars (M,), lengths (B,)) for `pack`."""
+    lengths = torch.tensor([len(w) for w in words], dtype=torch.long)
+    return torch.tensor([i for w in words for i in w], dtype=torch.long), lengths
+
+
+class FusedTree(torch.autograd.Function):
+    """ConvWaveNet's training step on a `PackedNames` batch: forward and backward by hand.
+
+    Per layer: one gather builds the (R, 2C) pairs, one matrix product applies the kernel,
+    BatchNorm's weighted statistics come from two matrix-vector products, and normalize +
+    tanh is one multiply-add and one tanh. The backward pass is the same in reverse,
+    BatchNorm's gradient in closed form (the lecture's unbiased variance):
+    dh = gamma * rstd * (da - w * (sum(da) / N + xhat * sum(da * xhat) / (N - 1))).
+    Training mode updates the running statistics as `layers.BatchNorm` does; eval mode
+    normalizes with them (no gradient through the statistics)."""
+
+    @staticmethod
+    def forward(ctx, batch: PackedNames, training: bool, norms, wte, head_w, head_b, *layer_params):
+        n_levels = len(batch.pairs)
+        R = len(batch.ids)
+        N = float(batch.n_targets)
+        w = batch.weight.to(wte.dtype)
+        saved, x = [], None
+        for level in range(n_levels):
+            kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
+            H, C, _ = kernel.shape
+            W = kernel.permute(0, 2, 1).reshape(H, 2 * C)  # [tap at t - d | tap at t]
+            if level == 0:
+                p = wte.index_select(0, batch.first_pairs).view(R, 2 * C)
+            else:
+                p = x.index_select(0, batch.pairs[level]).view(R, 2 * C)
+            h = p @ W.t()  # (R, H)
+            norm = norms[level]
+            if training:
+                mean = (w @ h) / N
+                hc = h - mean
+                var = (w @ (hc * hc)) / (N - 1)
+                with torch.no_grad():
+                    norm.running_mean.lerp_(mean, norm.momentum)
+                    norm.running_var.lerp_(var, norm.momentum)
+            else:
+                mean, var = norm.running_mean, norm.running_var
+                hc = h - mean
+            rstd = torch.rsqrt(var + norm.eps)
+            xhat = hc.mul_(rstd)
+            x = torch.tanh(torch.addcmul(beta, xhat, gamma))
+            saved += [p, W, xhat, rstd, x]
+        logits = torch.addmm(head_b, x, head_w.t())  # (R, V)
+        logp = torch.log_softmax(logits, 1)
+        loss = -logp.view(-1).index_select(0, batch.targets).sum() / N
+        ctx.batch, ctx.training, ctx.n_levels, ctx.N = batch, training, n_levels, N
+        ctx.save_for_backward(logp, wte, head_w, *layer_params, *saved)
+        ctx.mark_non_differentiable(logp)
+        return loss, logp
+
+    @staticmethod
+    def backward(ctx, dloss, _dlogp):
+        batch, N = ctx.batch, ctx.N
+        logp, wte, head_w, *rest = ctx.saved_tensors
+        n_params = 3 * ctx.n_levels
+        layer_params, saved = rest[:n_params], rest[n_params:]
+        w = batch.weight.to(wte.dtype)
+        # d loss / d logits: softmax times the targets read from each row, minus one per target
+        g = logp.exp().mul_(w[:, None])
+        g.view(-1).index_add_(0, batch.targets, g.new_full((1,), -1.0).expand(len(batch.targets)))
+        g.mul_(dloss / N)
+        x_top = saved[-1]
+        grads_head_w = g.t() @ x_top
+        grads_head_b = g.sum(0)
+        dx = g @ head_w  # (R, H)
+        grads_layers = [None] * n_params
+        d_wte = None
+        for level in reversed(range(ctx.n_levels)):
+            p, W, xhat, rstd, y = saved[5 * level: 5 * level + 5]
+            kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
+            H, C, _ = kernel.shape
+            da = torch.ops.aten.tanh_backward(dx, y)
+            dbeta = da.sum(0)
+            dgamma = (da * xhat).sum(0)
+            if ctx.training:
+                correction = torch.addcmul(dbeta / N, xhat, dgamma / (N - 1))  # (R, H)
+                dh = torch.addcmul(da, correction, w[:, None], value=-1).mul_(gamma * rstd)
+            else:
+                dh = da * (gamma * rstd)
+            dW = dh.t() @ p  # (H, 2C)
+            grads_layers[3 * level: 3 * level + 3] = [dW.view(H, 2, C).permute(0, 2, 1).contiguous(),
+                                                      dgamma, dbeta]
+            dp = (dh @ W).view(-1, C)  # (2R, C): the gradient of each [older, newer] half
+            if level == 0:
+                d_wte = torch.zeros_like(wte).index_add_(0, batch.first_pairs, dp)
+            else:
+                dx = torch.zeros(len(batch.ids), C, dtype=dp.dtype, device=dp.device)
+                dx.index_add_(0, batch.pairs[level], dp)
+        return (None, None, None, d_wte, grads_head_w, grads_head_b, *grads_layers)
+
+
+def fused_forward(model, batch: PackedNames):
+    """(logp (R, V), mean loss over the batch's real targets) for ConvWaveNet `model`.
+    logp holds log-probabilities per packed row; it carries no gradient."""
+    params = [t for conv, norm in zip(model.fuse, model.norm) for t in (conv.weight, norm.weight, norm.bias)]
+    loss, logp = FusedTree.apply(batch, model.training, list(model.norm), model.wte.weight,
+                                 model.head.weight, model.head.bias, *params)
+    return logp, loss
+
