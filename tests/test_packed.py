@@ -129,17 +129,22 @@ def test_packed_name_batches_hold_the_padded_batches_names():
 
 
 def test_fused_eval_step_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):
-    """In eval mode, the fused path's loss and gradients are the lecture's MLP's on the
-    windows of the same names (the weights transferred by from_mlp)."""
+    """In eval mode, the fused path's every log-probability, loss and gradient are the
+    lecture's MLP's on the windows of the same names (the weights transferred by from_mlp)."""
     words = names[:200]
     g = torch.Generator().manual_seed(1)
     mlp = HierarchicalMLP(len(vocab), 16, n_embd=12, n_hidden=32, generator=g).double()
     randomize_batchnorm(mlp, g).eval()
     conv = ConvWaveNet.from_mlp(mlp)
     chars, lengths = packed_rows([vocab.encode(w) for w in words])
-    _, loss_c = conv(pack(chars, lengths, 16, len(vocab)))
-    _, loss_m = mlp(*build_windows(words, vocab, 16))
+    batch = pack(chars, lengths, 16, len(vocab))
+    logp, loss_c = conv(batch)
+    Xw, Yw = build_windows(words, vocab, 16)
+    logits, loss_m = mlp(Xw, Yw)
     torch.testing.assert_close(loss_c, loss_m, rtol=0, atol=1e-12)
+    # every position: the target's log-probability, in the windows' order
+    expected = torch.log_softmax(logits, -1)[torch.arange(len(Yw)), Yw]
+    torch.testing.assert_close(logp.view(-1)[batch.targets], expected, rtol=0, atol=1e-12)
     loss_c.backward(), loss_m.backward()
     grads = dict(conv.named_parameters())
     for name, p in mlp.named_parameters():
