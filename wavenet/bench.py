@@ -297,8 +297,8 @@ def machine(device: str) -> dict:
     except OSError:
         pass
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain", "--untracked-files=no"):
-        commit += "-dirty"  # measured code differs from the commit
+    if _git("status", "--porcelain", "--untracked-files=no", "--", "."):
+        commit += "-dirty"  # the measured code (this package) differs from the commit
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     return dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu, gpu=gpu,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, device=device)
