@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .config import MLPConfig, check_block_size
+from .config import MLPConfig, TrainConfig, check_block_size
 from .data import Vocab, build_windows, split_words
 from .errors import WavenetError
 from .evaluate import eval_batches
 from .models import ConvWaveNet, build_model
 from .sample import generate
-from .train import NameBatches
+from .train import NameBatches, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def bench_train(mlp, conv, words, vocab, positions, cfg) -> dict:
     xn, yn = NameBatches(words, vocab, conv.block_size, batch_names, seed=0, packed=False).next()
     xn, yn = xn.to(cfg.device), yn.to(cfg.device)
     conv_targets = packed.n_targets
-    opts = {m: torch.optim.SGD(m.parameters(), lr=1e-4) for m in (mlp, conv, ref)}
+    opts = {m: make_optimizer(m, TrainConfig(learning_rate=1e-4)) for m in (mlp, conv, ref)}
 
     def step(model, *batch):
         _, loss = model(*batch)

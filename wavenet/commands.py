@@ -16,7 +16,7 @@ from .evaluate import eval_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, make_batches, train_loop
+from .train import Diverged, make_batches, make_optimizer, train_loop
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))
@@ -65,7 +65,7 @@ def train(args) -> int:
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(model_cfg, len(vocab), generator).to(device)
     batches = make_batches(model, train_words, vocab, cfg, generator, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    optimizer = make_optimizer(model, cfg)
     step, lossi = 0, []
     if resumed is not None:
         model.load_state_dict(resumed["model"])

@@ -18,7 +18,7 @@ from .config import RECIPES, model_config
 from .data import Vocab, split_words
 from .evaluate import eval_batches, split_loss
 from .models import build_model
-from .train import make_batches, train_loop
+from .train import make_batches, make_optimizer, train_loop
 
 TARGET = 1.993  # val loss: the lecture's model ends at 1.9937 (its recipe, this split)
 EVALS = 20      # val measured every 5% of a run
@@ -35,7 +35,7 @@ def timed_run(kind: str, words: list[str], device="cpu", recipe=None, log=print)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(model_config(kind), len(vocab), generator).to(device)
     batches = make_batches(model, train_words, vocab, cfg, generator, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    optimizer = make_optimizer(model, cfg)
     val_batches = list(eval_batches(model, val_words, vocab))
     curve, clock = [], {"trained": 0.0, "since": 0.0}
 
