@@ -56,8 +56,10 @@ class PackedNames:
 def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size: int,
          targets: torch.Tensor | None = None) -> PackedNames:
     """Pack names given as their characters' ids, concatenated (`chars`, (M,)), and their
-    lengths (B,), each at least 1. `targets` (M + B,) overrides the natural targets (each
-    name's characters then 0) in `pad_names` order, name by name; -1 drops a target, as in Y.
+    lengths (B,). `targets` (M + B,) overrides the natural targets (each name's characters
+    then 0) in `pad_names` order, name by name; -1 drops a target, as in Y. Without
+    `targets` every name needs at least one character; with them a name may have none
+    (only its output 0).
     All of it is vectorised: a few dozen tensor operations per batch, no Python per name."""
     B, M = len(lengths), len(chars)
     starts = torch.cumsum(lengths, 0) - lengths  # where each name's characters begin in `chars`
@@ -97,10 +99,7 @@ def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: i
     idx = X[:, block_size:]
     reach = real.flip(1).cumsum(1).flip(1) > 0  # (B, L + 1): outputs up to the last real one
     keep = reach[:, 1:]  # characters that feed a kept output
-    lengths = keep.sum(1)
-    ends = reach.clone()
-    ends[:, 1:] = keep
-    return pack(idx[keep], lengths, block_size, vocab_size, targets=Y[ends])
+    return pack(idx[keep], keep.sum(1), block_size, vocab_size, targets=Y[reach])
 
 
 def packed_rows(words: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
