@@ -32,7 +32,9 @@ class PackedNames:
 
     ids (R,): the id at each row (0 at row 0). pairs: one (2R,) index per layer, the
     interleaved [older, newer] rows each row reads. first_pairs: pairs[0] mapped to ids
-    (layer 0 reads the embedding table directly). weight (R,): real targets per row.
+    (layer 0 reads the embedding table directly). weight (R,): real targets per row;
+    odd_rows: the rows whose weight is not 1 (row 0, rows without a target), odd_extra: their
+    weight - 1 (the backward pass treats every row as weight 1, then corrects these).
     targets (N,): flat indices row * V + target of every real target, in `pad_names` order
     (Y[Y != -1]: name by name, output 0 first). `n_names`, `n_targets`: for rates and reporting."""
 
@@ -41,6 +43,8 @@ class PackedNames:
     first_pairs: torch.Tensor
     weight: torch.Tensor
     targets: torch.Tensor
+    odd_rows: torch.Tensor
+    odd_extra: torch.Tensor
     n_names: int
     n_targets: int
 
@@ -86,8 +90,10 @@ def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size
         pairs.append(torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
                                   torch.arange(M + 1)], 1).reshape(-1))
         d *= 2
-    return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat,
-                       weight=weight.to(torch.get_default_dtype()), n_names=B, n_targets=len(flat))
+    weight = weight.to(torch.get_default_dtype())
+    odd_rows = torch.nonzero(weight != 1)[:, 0]
+    return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat, weight=weight,
+                       odd_rows=odd_rows, odd_extra=weight[odd_rows] - 1, n_names=B, n_targets=len(flat))
 
 
 def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: int) -> PackedNames:
@@ -178,9 +184,12 @@ class FusedTree(torch.autograd.Function):
             H, C2 = W.shape
             da = torch.ops.aten.tanh_backward(dx, y)
             dbeta, dgamma = da.sum(0), (da * xhat).sum(0)
-            if ctx.training:  # through the batch statistics too
-                correction = torch.addcmul(dbeta / N, xhat, dgamma / (N - 1))  # (R, H)
-                dh = torch.addcmul(da, correction, w[:, None], value=-1).mul_(gamma * rstd)
+            if ctx.training:  # through the batch statistics too: da - w * (u + xhat * v), in place
+                u, v = dbeta / N, dgamma / (N - 1)
+                odd = batch.odd_rows  # the few rows whose weight is not 1 (row 0, ignored targets)
+                fix = torch.addcmul(u, xhat.index_select(0, odd), v).mul_(batch.odd_extra[:, None])
+                dh = da.sub_(u).addcmul_(xhat, v, value=-1).index_add_(0, odd, fix, alpha=-1)
+                dh.mul_(gamma * rstd)
             else:
                 dh = da.mul_(gamma * rstd)
             dW = torch.mm(dh.t(), p)  # (H, 2C)
