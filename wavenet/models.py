@@ -103,8 +103,7 @@ class ConvWaveNet(_Tree):
     def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size,
                  n_embd: int = TreeConfig.n_embd, n_hidden: int = TreeConfig.n_hidden,
                  generator: torch.Generator | None = None):
-        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator,
-                         lambda c_in, h, d: nn.Conv1d(c_in, h, kernel_size=2, dilation=d, bias=False))
+        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator, _tap_major_conv)
 
     @property
     def receptive_field(self) -> int:
@@ -252,6 +251,17 @@ class ConvCache:
                            for s, conv in zip(states, model.fuse)]  # each (d, B, C_in)
             self.logits = model.head(states[-1]).expand(batch_size, -1)  # (B, V)
         self.t = 0  # real positions fed so far
+
+
+def _tap_major_conv(c_in: int, h: int, dilation: int) -> nn.Conv1d:
+    """A kernel-2 `nn.Conv1d` without bias whose weight (h, c_in, 2), the usual shape, is
+    stored tap-major: a view of an (h, 2, c_in) block. Then each tap, and [tap 0 | tap 1]
+    as one (h, 2 c_in) matrix, are plain row-major matrices: the training step multiplies
+    by them, and gets their gradient, without copying the kernel. State dicts, `F.conv1d`
+    and `load_state_dict` see an ordinary (h, c_in, 2) tensor."""
+    conv = nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=False)
+    conv.weight = nn.Parameter(torch.empty(h, 2, c_in).transpose(1, 2))  # filled by _lecture_init_
+    return conv
 
 
 def _causal_conv(conv: nn.Conv1d, older: torch.Tensor, newer: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,7 @@ class FusedTree(torch.autograd.Function):
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
             H, C, _ = kernel.shape
-            W = kernel.transpose(1, 2).reshape(H, 2 * C)  # [tap at t - d | tap at t]
+            W = kernel.transpose(1, 2).reshape(H, 2 * C)  # [tap at t - d | tap at t]: a view (models.py)
             source, pairs = (wte, batch.first_pairs) if level == 0 else (x, batch.pairs[level])
             p = source.index_select(0, pairs).view(R, 2 * C)
             h = torch.mm(p, W.t())  # (R, H)
@@ -193,8 +193,8 @@ class FusedTree(torch.autograd.Function):
             else:
                 dh = da.mul_(gamma * rstd)
             dW = torch.mm(dh.t(), p)  # (H, 2C)
-            grads_layers[3 * level: 3 * level + 3] = [dW.view(H, 2, C2 // 2).transpose(1, 2).contiguous(),
-                                                      dgamma, dbeta]
+            # in the kernel's own (tap-major) layout: autograd keeps it as the gradient, no copy
+            grads_layers[3 * level: 3 * level + 3] = [dW.view(H, 2, C2 // 2).transpose(1, 2), dgamma, dbeta]
             dp = torch.mm(dh, W).view(-1, C2 // 2)  # (2R, C): the gradient of each [older, newer] half
             if level == 0:
                 dx = dp.new_zeros(wte.shape).index_add_(0, batch.first_pairs, dp)  # d wte
