@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import pytest
+
 from wavenet import bench
 from wavenet.config import MLPConfig
 from wavenet.models import ConvWaveNet, HierarchicalMLP
@@ -80,3 +82,32 @@ def test_speedrun_times_both_recipes_and_keeps_the_benchmark(names, tmp_path, mo
     saved = json.loads((out / "bench.json").read_text())
     assert saved["rows"] == [1, 2] and saved["speedrun"]["runs"]["conv"]["recipe"]["max_steps"] == 20
     assert "| speedrun |" in log.read_text()
+
+
+def test_a_busy_race_is_run_again_and_the_calmest_is_reported(names, monkeypatch):
+    """The probes, not the models' times, decide: a race whose matrix product ran at half
+    its best rate is run again; after RACES busy races the calmest is reported, marked."""
+    cfg = dataclasses.replace(bench.QUICK, repeats=1, model=MLPConfig(n_embd=4, n_hidden=8))
+    words, vocab = bench.datasets(names[:200], ("names",))["names"]
+    mlp, conv = bench.pair(vocab, 4, cfg)
+    base = {"mlp": 1.0, "conv": 0.5, "conv_ref": 0.8, "batch": 0.1, "gemm": 0.01, "small": 0.01}
+
+    def scripted(slow_gemm):
+        calls = iter(slow_gemm)
+
+        def fake_race(fns, repeats, device):
+            slow = next(calls)
+            return {**base, "gemm": base["gemm"] * slow, "conv": base["conv"] * slow}
+        return fake_race
+
+    monkeypatch.setattr(bench, "race", scripted([1.0, 2.0, 1.05]))  # calm, then busy, then calm
+    calm = {}
+    first = bench.bench_train(mlp, conv, words, vocab, 32, cfg, calm)
+    second = bench.bench_train(mlp, conv, words, vocab, 32, cfg, calm)
+    assert first["races"] == 1 and second["races"] == 2 and second["calm"] > 0.9
+    # the calm race's figures, not the busy one's
+    assert second["speedup"] == pytest.approx(first["speedup"] / 1.05, rel=1e-12)
+    monkeypatch.setattr(bench, "race", scripted([1.5, 2.0, 1.2]))  # never calm: the best of three
+    third = bench.bench_train(mlp, conv, words, vocab, 32, cfg, calm)
+    assert third["races"] == bench.RACES and abs(third["calm"] - 1 / 1.2) < 1e-12
+    assert third["speedup"] == pytest.approx(first["speedup"] / 1.2, rel=1e-12)

@@ -170,3 +170,21 @@ def test_training_on_either_path_ends_at_the_same_weights(model):
     for (name, p), q in zip(ref.state_dict().items(), fused.state_dict().values()):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-10, msg=name)
         assert (p - start[name]).abs().max() > 1e-3, f"{name} did not move"
+
+
+def test_kernels_stay_tap_major_so_the_step_never_copies_them(model):
+    """The conv's kernels (H, C, 2) are views of (H, 2, C) blocks, so [tap 0 | tap 1] is a
+    plain matrix for the fused step (models._tap_major_conv). The layout survives a dtype
+    change, a copy and loading a contiguous state dict, and the step's gradients match it."""
+    m = model(8)
+    contiguous = {k: v.contiguous() for k, v in m.state_dict().items()}  # as older checkpoints hold them
+    for copy_of_m in (m, m.float(), copy.deepcopy(m)):
+        copy_of_m.load_state_dict(contiguous)
+        for conv in copy_of_m.fuse:
+            assert conv.weight.transpose(1, 2).is_contiguous() and conv.weight.shape[2] == 2
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    m = model(8).train()
+    _, loss = m(pack_padded(X, Y, 8, len(VOCAB)))
+    loss.backward()
+    for conv in m.fuse:
+        assert conv.weight.grad.stride() == conv.weight.stride()
