@@ -169,10 +169,10 @@ RACES = 3      # at most this many races per training figure; the calmest is rep
 
 
 def small_ops(device, count: int = 100):
-    """`count` small elementwise operators on a (256, 128) tensor: a probe of the per-operator
-    cost that a busy machine inflates (each one waits for every thread)."""
+    """`count` small elementwise operators on a (256, 128) tensor, and that count: a probe of
+    the per-operator cost that a busy machine inflates (each one waits for every thread)."""
     x, g = torch.randn(256, 128, device=device), torch.randn(128, device=device)
-    return lambda: [torch.addcmul(g, x, g) for _ in range(count)]
+    return (lambda: [torch.addcmul(g, x, g) for _ in range(count)]), count
 
 
 def bench_train(mlp, conv, words, vocab, positions, cfg, calm: dict | None = None) -> dict:
@@ -218,7 +218,7 @@ def bench_train(mlp, conv, words, vocab, positions, cfg, calm: dict | None = Non
     product, product_flops = gemm(2048, 2 * H, H, cfg.device)
     steps = 3 if positions >= 1024 else 10
     reps = max(1, round(3 * positions * flops_per_target(mlp) / product_flops))  # about an MLP step's work
-    probe = small_ops(cfg.device)
+    probe, probe_ops = small_ops(cfg.device)
     races = []
     while len(races) < RACES:
         t = race({"mlp": lambda: [step(mlp, xb, yb) for _ in range(steps)],
@@ -227,7 +227,7 @@ def bench_train(mlp, conv, words, vocab, positions, cfg, calm: dict | None = Non
                   "batch": lambda: [source.next() for _ in range(steps)],
                   "gemm": lambda: [product() for _ in range(steps * reps)],
                   "small": probe}, cfg.repeats, cfg.device)
-        rates = {"gemm": steps * reps * product_flops / t["gemm"] / 1e9, "small": 100 / t["small"]}
+        rates = {"gemm": steps * reps * product_flops / t["gemm"] / 1e9, "small": probe_ops / t["small"]}
         for k, v in rates.items():
             calm[k] = max(calm.get(k, 0.0), v)
         races.append((min(rates[k] / calm[k] for k in rates), t, rates))

@@ -90,7 +90,6 @@ def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size
         pairs.append(torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
                                   torch.arange(M + 1)], 1).reshape(-1))
         d *= 2
-    weight = weight.to(torch.get_default_dtype())
     odd_rows = torch.nonzero(weight != 1)[:, 0]
     return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat, weight=weight,
                        odd_rows=odd_rows, odd_extra=weight[odd_rows] - 1, n_names=B, n_targets=len(flat))
