@@ -30,7 +30,8 @@ def test_train_sample_eval(tmp_path, tiny_file, cli, tiny_flags):
     assert len(lines) == 7 and all(line.split()[1].startswith("em") for line in lines)
     assert cli("sample", "-o", work, "-n", "7", "--seed", "1", "--prefix", "em")[1] == out
     code, out, err = cli("eval", "-o", work)
-    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["train", "val", "test"]
+    assert code == 0 and [line[:11].strip() for line in out.splitlines()] == [
+        "train", "val", "test", "val unseen", "test unseen"]
 
 
 @pytest.mark.parametrize("argv, message", [

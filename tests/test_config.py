@@ -76,7 +76,9 @@ def test_renaming_touches_the_parameter_not_a_path_that_contains_its_name():
 def test_cli_help_shows_each_kinds_defaults_from_the_configs():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())
-    assert f"[conv {RECIPES['conv'].max_steps}, mlp {RECIPES['mlp'].max_steps}]" in text
+    assert (f"[conv {RECIPES['conv'].max_steps}, mlp {RECIPES['mlp'].max_steps}, "
+            f"wavenet {RECIPES['wavenet'].max_steps}]") in text
+    assert "dropout probability in training [wavenet 0.1]" in " ".join(text.split())
     assert f"context length, a power of two [{MLPConfig().block_size}]" in text
     assert "--model {" + ",".join(MODEL_CONFIGS) + "}" in text
 

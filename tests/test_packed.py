@@ -174,7 +174,7 @@ def test_training_on_either_path_ends_at_the_same_weights(model):
 
 def test_kernels_stay_tap_major_so_the_step_never_copies_them(model):
     """The conv's kernels (H, C, 2) are views of (H, 2, C) blocks, so [tap 0 | tap 1] is a
-    plain matrix for the fused step (models._tap_major_conv). The layout survives a dtype
+    plain matrix for the fused step (layers.tap_major_conv). The layout survives a dtype
     change, a copy and loading a contiguous state dict, and the step's gradients match it."""
     m = model(8)
     contiguous = {k: v.contiguous() for k, v in m.state_dict().items()}  # as older checkpoints hold them

@@ -66,12 +66,15 @@ def train(args) -> int:
     model = build_model(model_cfg, len(vocab), generator).to(device)
     batches = make_batches(model, train_words, vocab, cfg, generator, device)
     optimizer = make_optimizer(model, cfg)
-    step, lossi = 0, []
+    step, lossi, best = 0, [], None
+    torch.manual_seed(cfg.seed)  # the stream dropout draws from (the gated WaveNet)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         batches.load_state_dict(resumed["batches"])
-        step, lossi = resumed["step"], resumed["lossi"].tolist()
+        step, lossi, best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
+        if "rng" in resumed:
+            torch.set_rng_state(resumed["rng"])
         run.truncate_metrics(step)
         print(f"resuming {run.path} at step {step:,}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -79,14 +82,19 @@ def train(args) -> int:
           f"{len(train_words):,} train / {len(val_words):,} val names; device {device}")
 
     def save(at_step: int) -> None:
-        run.save(dict(**model_state(model, vocab), optimizer=optimizer.state_dict(), step=at_step,
-                      train_config=dataclasses.asdict(cfg), batches=batches.state_dict(),
-                      lossi=torch.tensor(lossi, dtype=torch.float64), data=data))
+        state = dict(**model_state(model, vocab), optimizer=optimizer.state_dict(), step=at_step,
+                     train_config=dataclasses.asdict(cfg), batches=batches.state_dict(),
+                     lossi=torch.tensor(lossi, dtype=torch.float64), data=data, rng=torch.get_rng_state())
+        run.save(state if best is None else dict(state, best=best))
 
     val_batches = list(eval_batches(model, val_words, vocab))  # built once, scored every interval
 
     def on_interval(at_step: int) -> None:
+        nonlocal best
         val = split_loss(model, val_words, vocab, device, batches=val_batches)
+        if best is None or val < best["val_loss"]:  # the weights sample and eval use by default
+            best = dict(model={k: v.detach().clone() for k, v in model.state_dict().items()},
+                        step=at_step, val_loss=val)
         recent = lossi[-100:]  # log10 losses of the last 100 steps
         run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
                             "val_loss": val})
@@ -114,6 +122,11 @@ def train(args) -> int:
     print(f"train loss {split_loss(model, train_words, vocab, device):.4f}")
     print(f"val loss   {split_loss(model, val_words, vocab, device, val_batches):.4f}")
     print(f"checkpoint: {run.checkpoint}")
+    if best is not None:
+        last = " (the last step's)" if best["step"] == result.step else ""
+        print(f"best val loss {best['val_loss']:.4f} at step {best['step']:,}{last}: "
+              "the weights sample and eval use")
+        model.load_state_dict(best["model"])
     if args.num_samples:
         names = _sample(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), data, device)
         _print_marked(names, splits)
@@ -157,7 +170,7 @@ def _print_marked(names: list[str], splits) -> None:
 
 def sample(args) -> int:
     device = resolve_device(args.device)
-    model, vocab, ckpt = RunDir(args.work_dir).load_model(device)
+    model, vocab, ckpt = RunDir(args.work_dir).load_model(device, args.weights)
     generator = torch.Generator()
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
     names = _sample(model, vocab, args.num_samples, generator, ckpt["data"], device, args.temperature,
@@ -172,11 +185,21 @@ def sample(args) -> int:
 
 
 def evaluate(args) -> int:
+    """Loss per split, and on the val and test names that do not occur in train (the data
+    may repeat a name: names.txt holds 2,539 twice, so a model can score a held-out name
+    it has memorised)."""
     device = resolve_device(args.device)
-    model, vocab, ckpt = RunDir(args.work_dir).load_model(device)
-    for name, words in zip(("train", "val", "test"), load_split(ckpt["data"], args.input_file)):
+    model, vocab, ckpt = RunDir(args.work_dir).load_model(device, args.weights)
+    train_words, val_words, test_words = load_split(ckpt["data"], args.input_file)
+    seen = set(train_words)
+    for name, words in (("train", train_words), ("val", val_words), ("test", test_words),
+                        ("val unseen", [w for w in val_words if w not in seen]),
+                        ("test unseen", [w for w in test_words if w not in seen])):
+        if not words:
+            print(f"{name:11} loss -       (no names)")
+            continue
         loss, targets = split_loss(model, words, vocab, device), sum(len(w) + 1 for w in words)
-        print(f"{name:5} loss {loss:.4f}  ({targets:,} targets)")
+        print(f"{name:11} loss {loss:.4f}  ({targets:,} targets, {len(words):,} names)")
     return EXIT_OK
 
 

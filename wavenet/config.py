@@ -71,7 +71,43 @@ class ConvConfig(TreeConfig):
     kind: ClassVar[str] = "conv"
 
 
-MODEL_CONFIGS: dict[str, type] = {c.kind: c for c in (ConvConfig, MLPConfig)}
+NORMS = ("none", "layer", "rms")
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    """`WaveNet`: gated residual blocks of kernel-2 dilated causal convolutions, dilations
+    1, 2, ..., 2**(n_layers - 1), repeated n_cycles times; a skip stream from every block.
+    Its receptive field, and so its block_size, is 1 + n_cycles * (2**n_layers - 1)."""
+
+    kind: ClassVar[str] = "wavenet"
+    n_layers: int = field(default=4, metadata=_help("blocks per dilation cycle (dilations 1, 2, 4, ...)"))
+    n_cycles: int = field(default=2, metadata=_help("dilation cycles"))
+    n_residual: int = field(default=64, metadata=_help("residual (and gate) channels"))
+    n_skip: int = field(default=64, metadata=_help("skip channels"))
+    dropout: float = field(default=0.1, metadata=_help("dropout probability in training", "P"))
+    norm: str = field(default="none", metadata=_help(
+        "per-position normalisation of each block's input: none, layer or rms", "KIND"))
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_cycles", "n_residual", "n_skip"):
+            _at_least(self, name, 1)
+        if not 0 <= self.dropout < 1:
+            raise WavenetError(f"dropout must be at least 0 and below 1, got {self.dropout}", param="dropout")
+        if self.norm not in NORMS:
+            raise WavenetError(f"norm must be one of {', '.join(NORMS)}, got '{self.norm}'", param="norm")
+
+    @property
+    def dilations(self) -> list[int]:
+        return [2**i for _ in range(self.n_cycles) for i in range(self.n_layers)]
+
+    @property
+    def block_size(self) -> int:
+        """The receptive field: the number of ids each prediction sees."""
+        return 1 + sum(self.dilations)
+
+
+MODEL_CONFIGS: dict[str, type] = {c.kind: c for c in (ConvConfig, MLPConfig, WaveNetConfig)}
 DEFAULT_KIND = "conv"
 
 
@@ -105,16 +141,27 @@ def config_from_record(record: dict):
 
 # ----------------------------------------------------------------------------- training
 
+SCHEDULES, OPTIMIZERS = ("step", "cosine"), ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe. The defaults are the lecture's: SGD, 200,000 steps of 32 random
-    windows, learning rate 0.1 then 0.01 after 75% of the steps, seed 42."""
+    windows, learning rate 0.1 then 0.01 after 75% of the steps, seed 42. The gated
+    WaveNet's recipe adds AdamW with weight decay, a linear warm-up, cosine decay and
+    gradient clipping (RECIPES below)."""
 
     max_steps: int = field(default=200_000, metadata=_help("optimisation steps"))
     batch_size: int = field(default=32, metadata=_help("names (conv) or windows (mlp) per step"))
-    learning_rate: float = field(default=0.1, metadata=_help("SGD learning rate"))
+    learning_rate: float = field(default=0.1, metadata=_help("(peak) learning rate"))
     decay_at: float = field(default=0.75, metadata=_help(
-        "the learning rate drops tenfold after this fraction of the steps", "FRACTION"))
+        "step schedule: the learning rate drops tenfold after this fraction of the steps", "FRACTION"))
+    schedule: str = field(default="step", metadata=_help(
+        "step (tenfold drop at decay_at) or cosine (down to a tenth by the last step)", "KIND"))
+    warmup: int = field(default=0, metadata=_help("steps of linear learning-rate warm-up", "STEPS"))
+    optimizer: str = field(default="sgd", metadata=_help("sgd (plain, the lecture's) or adamw", "KIND"))
+    weight_decay: float = field(default=0.0, metadata=_help("adamw: decoupled weight decay of the matrices"))
+    grad_clip: float = field(default=0.0, metadata=_help("clip the gradient's norm to this (0: off)", "NORM"))
     seed: int = field(default=42, metadata=_help("seeds the init, the batches and the samples"))
     eval_interval: int = field(default=10_000, metadata=_help("steps between val loss and checkpoint"))
     group_by_length: int = field(default=0, metadata=_help(
@@ -133,6 +180,16 @@ class TrainConfig:
             raise WavenetError(f"decay_at must be a fraction between 0 and 1, got {self.decay_at}",
                                param="decay_at")
         _at_least(self, "group_by_length", 0)
+        _at_least(self, "warmup", 0)
+        _at_least(self, "grad_clip", 0)
+        _at_least(self, "weight_decay", 0)
+        for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise WavenetError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'",
+                                   param=name)
+        if self.weight_decay and self.optimizer == "sgd":
+            raise WavenetError("weight_decay needs optimizer adamw (the lecture's SGD has none)",
+                               param="weight_decay")
 
 
 # The default recipe of each model kind. The MLP's is the lecture's. The conv's batch of 64
@@ -142,4 +199,6 @@ class TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     "conv": TrainConfig(max_steps=8_000, batch_size=64, learning_rate=0.3, decay_at=0.9, eval_interval=800),
     "mlp": TrainConfig(),
+    "wavenet": TrainConfig(max_steps=20_000, batch_size=64, learning_rate=3e-3, schedule="cosine", warmup=500,
+                           optimizer="adamw", weight_decay=0.1, grad_clip=1.0, eval_interval=2_000),
 }

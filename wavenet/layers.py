@@ -1,4 +1,5 @@
-"""Layers shared by both models: the lecture's BatchNorm, its initialisation, the loss.
+"""Layers shared by the models: the lecture's BatchNorm, its initialisation, the loss, and
+the tap-major kernel-2 convolution.
 
 BatchNorm choice. The lecture's BatchNorm1d normalises a training batch with its mean and
 its *unbiased* variance (`x.var()`, correction 1) and keeps running statistics with momentum
@@ -60,3 +61,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor 
     if targets is None:
         return None
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def tap_major_conv(c_in: int, h: int, dilation: int, bias: bool = False) -> nn.Conv1d:
+    """A kernel-2 `nn.Conv1d` (no bias unless asked) whose weight (h, c_in, 2), the usual shape, is
+    stored tap-major: a view of an (h, 2, c_in) block. Then each tap, and [tap 0 | tap 1]
+    as one (h, 2 c_in) matrix, are plain row-major matrices: the training step multiplies
+    by them, and gets their gradient, without copying the kernel. State dicts, `F.conv1d`
+    and `load_state_dict` see an ordinary (h, c_in, 2) tensor."""
+    conv = nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=bias)
+    conv.weight = nn.Parameter(torch.empty(h, 2, c_in).transpose(1, 2))  # filled by the model's init
+    return conv

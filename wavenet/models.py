@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .config import ConvConfig, MLPConfig, TreeConfig, check_block_size, config_from_record
 from .errors import WavenetError
-from .layers import BatchNorm, lecture_linear_weight, lm_loss
+from .gated import WaveNet
+from .layers import BatchNorm, lecture_linear_weight, lm_loss, tap_major_conv
 from .packed import PackedNames, fused_forward
 
 
@@ -103,7 +104,7 @@ class ConvWaveNet(_Tree):
     def __init__(self, vocab_size: int, block_size: int = TreeConfig.block_size,
                  n_embd: int = TreeConfig.n_embd, n_hidden: int = TreeConfig.n_hidden,
                  generator: torch.Generator | None = None):
-        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator, _tap_major_conv)
+        super().__init__(vocab_size, block_size, n_embd, n_hidden, generator, tap_major_conv)
 
     @property
     def receptive_field(self) -> int:
@@ -224,6 +225,9 @@ class ConvWaveNet(_Tree):
             states.append(c)
         return states
 
+    def new_cache(self, batch_size: int) -> ConvCache:
+        return ConvCache(self, batch_size)
+
     def step(self, ix: torch.Tensor, cache: ConvCache) -> torch.Tensor:
         """Cached generation: feed one new id per row, ix (B,), get the next logits (B, V).
         Costs one position per layer (Fast WaveNet, Paine et al. 2016). Eval mode."""
@@ -251,17 +255,6 @@ class ConvCache:
                            for s, conv in zip(states, model.fuse)]  # each (d, B, C_in)
             self.logits = model.head(states[-1]).expand(batch_size, -1)  # (B, V)
         self.t = 0  # real positions fed so far
-
-
-def _tap_major_conv(c_in: int, h: int, dilation: int) -> nn.Conv1d:
-    """A kernel-2 `nn.Conv1d` without bias whose weight (h, c_in, 2), the usual shape, is
-    stored tap-major: a view of an (h, 2, c_in) block. Then each tap, and [tap 0 | tap 1]
-    as one (h, 2 c_in) matrix, are plain row-major matrices: the training step multiplies
-    by them, and gets their gradient, without copying the kernel. State dicts, `F.conv1d`
-    and `load_state_dict` see an ordinary (h, c_in, 2) tensor."""
-    conv = nn.Conv1d(c_in, h, kernel_size=2, dilation=dilation, bias=False)
-    conv.weight = nn.Parameter(torch.empty(h, 2, c_in).transpose(1, 2))  # filled by _lecture_init_
-    return conv
 
 
 def _causal_conv(conv: nn.Conv1d, older: torch.Tensor, newer: torch.Tensor) -> torch.Tensor:
@@ -308,11 +301,11 @@ def _lecture_init_(model, generator: torch.Generator | None) -> None:
         model.head.bias.zero_()
 
 
-MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet}
+MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet, "wavenet": WaveNet}
 
 
 def build_model(config, vocab_size: int | None = None, generator: torch.Generator | None = None) -> nn.Module:
-    """A fresh model from its config (`MLPConfig`, `ConvConfig`, ...) and vocabulary size,
+    """A fresh model from its config (`MLPConfig`, `ConvConfig`, `WaveNetConfig`) and vocabulary size,
     or from a checkpoint's record of both (a dict, see `config.model_record`)."""
     if isinstance(config, dict):
         config, vocab_size = config_from_record(config)

@@ -58,12 +58,13 @@ class PackedNames:
 
 
 def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size: int,
-         targets: torch.Tensor | None = None) -> PackedNames:
+         targets: torch.Tensor | None = None, dilations: Sequence[int] | None = None) -> PackedNames:
     """Pack names given as their characters' ids, concatenated (`chars`, (M,)), and their
     lengths (B,). `targets` (M + B,) overrides the natural targets (each name's characters
     then 0) in `pad_names` order, name by name; -1 drops a target, as in Y. Without
     `targets` every name needs at least one character; with them a name may have none
-    (only its output 0).
+    (only its output 0). `dilations`: one pair index per layer of these dilations (the
+    gated WaveNet's); by default the tree's, 1, 2, 4, ... below block_size.
     All of it is vectorised: a few dozen tensor operations per batch, no Python per name."""
     B, M = len(lengths), len(chars)
     starts = torch.cumsum(lengths, 0) - lengths  # where each name's characters begin in `chars`
@@ -83,19 +84,21 @@ def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size
     weight = torch.zeros(M + 1).index_add_(0, flat[real] // vocab_size, torch.ones(int(real.sum())))
     flat = flat[real]
     ids = torch.cat([torch.zeros(1, dtype=torch.long), chars])
-    pairs = []
-    d = 1
-    while d < block_size:
+    if dilations is None:
+        dilations = [2**i for i in range(block_size.bit_length() - 1)]  # 1, 2, ..., block_size / 2
+    by_dilation = {}
+    for d in dict.fromkeys(dilations):
         older = torch.where(offset >= d, rows - d, 0)
-        pairs.append(torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
-                                  torch.arange(M + 1)], 1).reshape(-1))
-        d *= 2
+        by_dilation[d] = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
+                                      torch.arange(M + 1)], 1).reshape(-1)
+    pairs = [by_dilation[d] for d in dilations]  # layers of one dilation share their index
     odd_rows = torch.nonzero(weight != 1)[:, 0]
     return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat, weight=weight,
                        odd_rows=odd_rows, odd_extra=weight[odd_rows] - 1, n_names=B, n_targets=len(flat))
 
 
-def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: int) -> PackedNames:
+def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: int,
+                dilations: Sequence[int] | None = None) -> PackedNames:
     """`pack` from `pad_names` rows: X (B, block_size + L), Y (B, L + 1). A row keeps its
     characters up to its last real target (the rest is padding)."""
     real = Y != -1
@@ -104,7 +107,7 @@ def pack_padded(X: torch.Tensor, Y: torch.Tensor, block_size: int, vocab_size: i
     idx = X[:, block_size:]
     reach = real.flip(1).cumsum(1).flip(1) > 0  # (B, L + 1): outputs up to the last real one
     keep = reach[:, 1:]  # characters that feed a kept output
-    return pack(idx[keep], keep.sum(1), block_size, vocab_size, targets=Y[reach])
+    return pack(idx[keep], keep.sum(1), block_size, vocab_size, targets=Y[reach], dilations=dilations)
 
 
 def packed_rows(words: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The run directory: what `wavenet train` leaves in its work directory, and the rules.
 
-    DIR/checkpoint.pt    the latest training state, written atomically (checkpoint.py)
+    DIR/checkpoint.pt    the latest training state, written atomically (checkpoint.py), and
+                         the weights with the best val loss so far ("best")
     DIR/metrics.jsonl    one JSON record per eval interval: step, recent train loss, val loss
     DIR/loss.png         the lecture's loss curve (needs matplotlib, the `plot` extra)
     DIR/.lock            held (flock) by the process training there
@@ -55,10 +56,11 @@ class RunDir:
             raise WavenetError(f"{self.path}: no checkpoint there")
         return ckpt_io.load_checkpoint(self.checkpoint, kind=kind)
 
-    def load_model(self, device="cpu"):
-        """(model in eval mode, vocabulary, checkpoint dict)."""
+    def load_model(self, device="cpu", weights: str = "best"):
+        """(model in eval mode, vocabulary, checkpoint dict). `weights`: "best" (lowest val
+        loss of the run) or "last" (see `checkpoint.model_from_checkpoint`)."""
         ckpt = self.load()
-        model, vocab = ckpt_io.model_from_checkpoint(ckpt, device)
+        model, vocab = ckpt_io.model_from_checkpoint(ckpt, device, weights)
         return model, vocab, ckpt
 
     # ------------------------------------------------------------------ starting a run
@@ -181,8 +183,9 @@ def load_split(record: dict, input_file=None) -> tuple[list[str], list[str], lis
     return split_words(words, seed=record["split_seed"])
 
 
-def load(work_dir, device="cpu"):
+def load(work_dir, device="cpu", weights: str = "best"):
     """The trained model of a run directory, in eval mode, and its vocabulary:
-    `model, vocab = wavenet.load("out")`. Works for every model kind."""
-    model, vocab, _ = RunDir(work_dir).load_model(device)
+    `model, vocab = wavenet.load("out")`. Works for every model kind. `weights`: "best"
+    (the lowest val loss of the run, the default) or "last" (where training stopped)."""
+    model, vocab, _ = RunDir(work_dir).load_model(device, weights)
     return model, vocab

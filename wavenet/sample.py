@@ -2,8 +2,8 @@
 
 A "stepper" holds the context of every name being generated and returns the next-character
 logits; `generate` draws from them (temperature, top-k) and feeds the draws back. The MLP
-steps on its sliding window; the convolution either recomputes the whole prefix or, with
-`ConvCache`, computes one new position per layer (Fast WaveNet, Paine et al. 2016).
+steps on its sliding window; the convolutional models either recompute the whole prefix
+or, with their cache, compute one new position per layer (Fast WaveNet, Paine et al. 2016).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WavenetError
-from .models import ConvCache
 
 
 class WindowStepper:
@@ -47,10 +46,11 @@ class FullStepper:
 
 
 class CachedStepper:
-    """The convolution with a ConvCache: one new position per layer per step."""
+    """A convolutional model with its cache (`ConvCache`, `WaveNetCache`): one new position
+    per layer per step."""
 
     def __init__(self, model, num: int, device):
-        self.model, self.cache = model, ConvCache(model, num)
+        self.model, self.cache = model, model.new_cache(num)
         self._logits = self.cache.logits
 
     def push(self, ix: torch.Tensor) -> None:
@@ -64,11 +64,12 @@ STEPPERS = {"window": WindowStepper, "full": FullStepper, "cached": CachedSteppe
 
 
 def make_stepper(model, num: int, device, method: str = "auto"):
-    """'auto': the MLP on its window, the convolution with its cache. 'window' works for
-    both models (the conv on exactly block_size ids); 'full' and 'cached' need the conv."""
+    """'auto': the MLP on its window, the convolutional models (conv, wavenet) with their
+    cache. 'window' works for every model (a conv on exactly block_size ids); 'full' and
+    'cached' need a convolutional model."""
     if method == "auto":
         method = "window" if model.kind == "mlp" else "cached"
-    if method not in STEPPERS or (method != "window" and model.kind != "conv"):
+    if method not in STEPPERS or (method != "window" and model.kind == "mlp"):
         raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
     return STEPPERS[method](model, num, device)
 

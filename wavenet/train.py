@@ -24,9 +24,17 @@ from .packed import pack, packed_rows
 
 
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
-    """The lecture's step schedule: cfg.learning_rate for the first int(cfg.decay_at *
-    cfg.max_steps) steps (the lecture: 75% of them), then a tenth of it."""
-    return cfg.learning_rate if step < int(cfg.decay_at * cfg.max_steps) else cfg.learning_rate / 10
+    """The rate of step `step` (0-based). First `cfg.warmup` steps: a linear ramp up to
+    cfg.learning_rate. Then the "step" schedule, the lecture's: the full rate until
+    int(cfg.decay_at * cfg.max_steps) (the lecture: 75% of the steps), then a tenth of it; or
+    "cosine": half a cosine from the full rate down to a tenth of it at the last step."""
+    lr = cfg.learning_rate
+    if step < cfg.warmup:
+        return lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "step":
+        return lr if step < int(cfg.decay_at * cfg.max_steps) else lr / 10
+    progress = (step - cfg.warmup) / max(cfg.max_steps - 1 - cfg.warmup, 1)  # 0 .. 1
+    return lr / 10 + (lr - lr / 10) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class WindowBatches:
@@ -63,13 +71,14 @@ class NameBatches:
     `packed` (the default): `next()` returns (`packed.PackedNames`, None), the fused
     training step's layout, built from names encoded once per run; False: `pad_names`
     rows (X, Y), the reference path. Both hold the same names in the same order.
+    `dilations`: the layers' dilations for the packing (the gated WaveNet's; default the tree's).
     """
 
     def __init__(self, words, vocab, block_size: int, batch_size: int, seed: int, device="cpu",
-                 group_by_length: int = 0, packed: bool = True):
+                 group_by_length: int = 0, packed: bool = True, dilations=None):
         self.words, self.vocab, self.block_size = list(words), vocab, block_size
         self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.group_by_length, self.packed = group_by_length, packed
+        self.group_by_length, self.packed, self.dilations = group_by_length, packed, dilations
         self.per_epoch = -(-len(self.words) // batch_size)
         self.step, self._epoch, self._plan = 0, None, None
         if packed:  # every name's ids, once: (all characters, lengths, where each begins)
@@ -105,7 +114,7 @@ class NameBatches:
         lengths, starts = self._lengths[chosen], self._starts[chosen]
         shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
         chars = self._chars[torch.arange(len(shift)) + shift]
-        return pack(chars, lengths, self.block_size, len(self.vocab)).to(self.device), None
+        return pack(chars, lengths, self.block_size, len(self.vocab), dilations=self.dilations).to(self.device), None
 
     def state_dict(self) -> dict:
         return {"step": self.step}
@@ -121,14 +130,21 @@ def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generat
         X, Y = build_windows(words, vocab, model.block_size)
         return WindowBatches(X, Y, cfg.batch_size, generator, device)
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length)
+                       group_by_length=cfg.group_by_length, dilations=getattr(model, "dilations", None))
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The lecture's optimizer, plain SGD (no momentum, no weight decay). `foreach` updates
-    every parameter in one call: the same arithmetic as one call per parameter (bit-identical,
-    checked), with less per-step overhead for the small steps of whole-name training."""
-    return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, foreach=True)
+    """"sgd": the lecture's optimizer, plain SGD (no momentum, no weight decay). "adamw":
+    AdamW, betas (0.9, 0.99), weight decay on the matrices (embedding, kernels, 1x1s), none
+    on biases and norm gains. `foreach` updates every parameter in one call: the same
+    arithmetic as one call per parameter (bit-identical for SGD, checked), with less
+    per-step overhead for the small steps of whole-name training."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, foreach=True)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), foreach=True)
 
 
 class Diverged(WavenetError):
@@ -175,6 +191,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
                 group["lr"] = learning_rate_at(cfg, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             optimizer.step()
             lossi.append(math.log10(value))
             step += 1

@@ -1,0 +1,318 @@
+"""The gated residual WaveNet: its contract, causality, receptive field, padding, packing,
+cached generation, parameter count and recipe."""
+
+import math
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from wavenet import checkpoint as ckpt_io
+from wavenet.checkpoint import load_checkpoint
+from wavenet.config import RECIPES, TrainConfig, WaveNetConfig
+from wavenet.data import Vocab, pad_names
+from wavenet.gated import WaveNet, parameter_count
+from wavenet.packed import pack_padded
+from wavenet.sample import generate
+from wavenet.train import NameBatches, learning_rate_at, make_batches, make_optimizer
+
+WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
+VOCAB = Vocab.from_words(WORDS)
+SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2), dict(n_layers=4, n_cycles=1, norm="layer"),
+          dict(n_layers=2, n_cycles=3, norm="rms")]
+
+
+def make(dtype=torch.float64, seed=0, dropout=0.0, **shape):
+    g = torch.Generator().manual_seed(seed)
+    m = WaveNet(len(VOCAB), n_residual=6, n_skip=5, dropout=dropout, generator=g, **shape).to(dtype)
+    with torch.no_grad():  # biases and norm gains away from their init, so each one matters
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=dtype))
+    return m
+
+
+@pytest.mark.parametrize("shape", SHAPES + [dict(), dict(n_residual=32, n_skip=48, n_layers=5, norm="layer")])
+def test_parameter_count_from_the_config(shape):
+    config = WaveNetConfig(**shape)
+    model = WaveNet(27, **shape)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(config, 27)
+    assert model.block_size == model.receptive_field == config.block_size == 1 + sum(config.dilations)
+
+
+def test_default_shape_and_first_loss():
+    """Two cycles of dilations 1, 2, 4, 8: receptive field 31, 202,139 parameters on names
+    (vocabulary 27); the first loss is close to ln(27), the loss of a uniform guess."""
+    m = WaveNet(27, generator=torch.Generator().manual_seed(42))
+    assert m.dilations == [1, 2, 4, 8, 1, 2, 4, 8] and m.block_size == 31
+    assert sum(p.numel() for p in m.parameters()) == 202_139
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    _, loss = m.train()(X, Y)
+    assert abs(loss.item() - math.log(27)) < 0.05
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [False, True])
+def test_causal_exactly_in_eval_and_training_mode(shape, training):
+    """Changing ids after position t changes no output at or before t; in training mode,
+    with dropout, given the same random stream (the masks have the same shape)."""
+    m = make(dropout=0.3 if training else 0.0, **shape).train(training)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, len(VOCAB), (3, m.block_size + 12), generator=g)
+    torch.manual_seed(7)
+    base, _ = m(idx)  # (B, 13, V): output j at position block_size - 1 + j
+    for t in range(m.block_size - 1, idx.shape[1] - 1):
+        changed = idx.clone()
+        changed[:, t + 1:] = torch.randint(0, len(VOCAB), changed[:, t + 1:].shape, generator=g)
+        torch.manual_seed(7)
+        out, _ = m(changed)
+        j = t - m.block_size + 1
+        assert torch.equal(out[:, :j + 1], base[:, :j + 1]), t
+        assert not torch.equal(out[:, j + 1:], base[:, j + 1:]), t  # the future did change
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_receptive_field_is_exactly_block_size(shape):
+    """Output j sees idx[j : j + block_size]: an id block_size positions before the
+    prediction changes nothing, one position closer changes it."""
+    m = make(**shape).eval()
+    n = m.block_size
+    idx = torch.randint(1, len(VOCAB), (1, 2 * n), generator=torch.Generator().manual_seed(2))
+    base, _ = m(idx)
+    last = idx.shape[1] - 1  # the last output predicts after position `last`
+    far, near = idx.clone(), idx.clone()
+    far[0, last - n] = (far[0, last - n] % (len(VOCAB) - 1)) + 1  # another id, block_size back
+    near[0, last - n + 1] = (near[0, last - n + 1] % (len(VOCAB) - 1)) + 1  # one closer
+    assert torch.equal(m(far)[0][:, -1], base[:, -1])
+    assert not torch.allclose(m(near)[0][:, -1], base[:, -1], rtol=0, atol=1e-9)
+
+
+def _step(m, batch):
+    m.zero_grad()
+    logits, loss = m(*batch) if isinstance(batch, tuple) else m(batch)
+    loss.backward()
+    return logits, loss, {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [False, True])
+def test_extra_padding_changes_nothing(shape, training):
+    """Outputs, loss and every gradient, with and without 5 more padded positions (dropout 0)."""
+    m = make(**shape).train(training)
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    Xp = torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1)
+    Yp = torch.cat([Y, torch.full((len(Y), 5), -1)], 1)
+    a, b = _step(m, (X, Y)), _step(m, (Xp, Yp))
+    real = Y != -1
+    torch.testing.assert_close(b[0][:, :Y.shape[1]][real], a[0][real], rtol=0, atol=1e-12)
+    torch.testing.assert_close(b[1], a[1], rtol=0, atol=1e-12)
+    for name in a[2]:
+        torch.testing.assert_close(b[2][name], a[2][name], rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_packed_training_is_the_padded_function(shape, dtype, tol):
+    """The packed step (no padding computed, one shared boundary row) gives the padded
+    path's loss, every gradient and every real target's log-probability (dropout 0)."""
+    m = make(dtype=dtype, **shape).train()
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    Y[2, 1] = -1  # an ignored target inside a name
+    Y[4, 0] = -1  # and one at output 0
+    batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
+    a, b = _step(m, (X, Y)), _step(m, batch)
+    torch.testing.assert_close(b[1], a[1], rtol=0, atol=tol)
+    for name in a[2]:
+        torch.testing.assert_close(b[2][name], a[2][name], rtol=tol, atol=tol, msg=name)
+    padded = torch.log_softmax(a[0], -1)
+    real = Y != -1
+    packed = torch.log_softmax(b[0], -1).view(-1)[batch.targets]
+    torch.testing.assert_close(packed, padded.gather(2, Y.clamp(min=0)[..., None])[..., 0][real],
+                               rtol=0, atol=tol)
+
+
+def test_name_batches_pack_the_wavenets_dilations():
+    m = make(n_layers=3, n_cycles=2).train()
+    batches = make_batches(m, WORDS, VOCAB, replace(RECIPES["wavenet"], batch_size=8), torch.Generator())
+    assert isinstance(batches, NameBatches)
+    batch, _ = batches.next()
+    assert len(batch.pairs) == len(m.blocks) == 6
+    assert batch.pairs[0] is batch.pairs[3]  # one index per distinct dilation
+    padded = NameBatches(WORDS, VOCAB, m.block_size, 8, RECIPES["wavenet"].seed, packed=False)
+    X, Y = padded.next()
+    torch.testing.assert_close(m(batch)[1], m(X, Y)[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cached_generation_equals_the_full_forward_at_every_step(shape):
+    m = make(**shape).eval()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, len(VOCAB), (4, 2 * m.block_size), generator=g)
+    cache = m.new_cache(4)
+    logits = cache.logits
+    for t in range(ids.shape[1]):
+        seq = torch.cat([torch.zeros(4, m.block_size, dtype=torch.long), ids[:, :t]], 1)
+        full = m(seq)[0][:, -1]
+        torch.testing.assert_close(logits, full, rtol=0, atol=1e-12, msg=f"step {t}")
+        logits = m.step(ids[:, t], cache)
+
+
+@pytest.mark.parametrize("prefix", [(), (5, 1)])
+def test_cached_and_full_sampling_draw_the_same_names(prefix):
+    m = make(dtype=torch.float32, n_layers=3, n_cycles=2, norm="layer").eval()
+    kw = dict(temperature=1.3, prefix=prefix, max_new_tokens=25)
+    cached = generate(m, 40, generator=torch.Generator().manual_seed(5), method="cached", **kw)
+    full = generate(m, 40, generator=torch.Generator().manual_seed(5), method="full", **kw)
+    assert cached == full
+    assert generate(m, 40, generator=torch.Generator().manual_seed(5), **kw) == cached  # cached is the default
+    assert len({tuple(n) for n in cached}) > 10
+
+
+def test_dropout_acts_in_training_only():
+    m = make(dropout=0.5, n_layers=2, n_cycles=1)
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    m.eval()
+    assert torch.equal(m(X)[0], m(X)[0])
+    m.train()
+    assert not torch.equal(m(X)[0], m(X)[0])
+    batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
+    assert m(batch)[1] != m(batch)[1]
+
+
+# ---------------------------------------------------------------------- the recipe
+
+def test_warmup_then_cosine_down_to_a_tenth():
+    cfg = TrainConfig(max_steps=1000, learning_rate=1.0, warmup=100, schedule="cosine", optimizer="adamw")
+    rates = [learning_rate_at(cfg, s) for s in range(1000)]
+    assert rates[0] == pytest.approx(0.01) and rates[49] == pytest.approx(0.5) and rates[99] == 1.0
+    assert rates[100] == 1.0 and rates[999] == pytest.approx(0.1)
+    assert rates[100 + 899 // 2] == pytest.approx(0.55, abs=1e-3)  # halfway down the cosine
+    assert all(a >= b for a, b in zip(rates[100:], rates[101:]))
+    step = TrainConfig(max_steps=100, learning_rate=1.0, warmup=10, decay_at=0.5)
+    assert [learning_rate_at(step, s) for s in (0, 9, 10, 49, 50)] == [0.1, 1.0, 1.0, 1.0, 0.1]
+
+
+def test_adamw_decays_the_matrices_only():
+    m = make(n_layers=2, n_cycles=1, norm="layer")
+    opt = make_optimizer(m, TrainConfig(optimizer="adamw", weight_decay=0.1, learning_rate=1e-3))
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in m.parameters() if p.dim() >= 2}
+    assert len(plain["params"]) == sum(p.dim() == 1 for p in m.parameters()) > 0
+
+
+@pytest.mark.parametrize("given,message", [
+    (dict(optimizer="adam"), "optimizer must be one of sgd, adamw"),
+    (dict(schedule="linear"), "schedule must be one of step, cosine"),
+    (dict(weight_decay=0.1), "weight_decay needs optimizer adamw"),
+    (dict(warmup=-1), "warmup must be at least 0"),
+    (dict(grad_clip=-1.0), "grad_clip must be at least 0"),
+])
+def test_recipe_mistakes(given, message):
+    with pytest.raises(Exception, match=message):
+        TrainConfig(**given)
+
+
+@pytest.mark.parametrize("given,message", [
+    (dict(norm="batch"), "norm must be one of none, layer, rms"),
+    (dict(dropout=1.0), "dropout must be at least 0 and below 1"),
+    (dict(n_cycles=0), "n_cycles must be at least 1"),
+])
+def test_model_mistakes(given, message):
+    with pytest.raises(Exception, match=message):
+        WaveNetConfig(**given)
+
+
+# ---------------------------------------------------------------------- the CLI
+
+TINY = ["--model", "wavenet", "--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "--n-cycles", "2",
+        "--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--warmup", "5", "--no-progress",
+        "-n", "0"]
+
+
+def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_file, monkeypatch, cli):
+    """40 steps straight == 20, then --resume for 20, with dropout 0.2 (the random stream is
+    in the checkpoint), AdamW, warm-up, cosine decay and gradient clipping that bites."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    real_save = ckpt_io.save_checkpoint
+
+    def keep_step_20(path, state):
+        real_save(path, state)
+        if state["step"] == 20:
+            shutil.copy(path, resumed / "checkpoint.pt")
+            shutil.copy(path.parent / "metrics.jsonl", resumed / "metrics.jsonl")
+
+    monkeypatch.setattr(ckpt_io, "save_checkpoint", keep_step_20)
+    flags = ["-i", tiny_file, *TINY, "--dropout", "0.2", "--grad-clip", "0.5"]
+    code, _, err = cli("train", "-o", tmp_path / "straight", *flags)
+    assert code == 0, err
+    monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
+    code, out, err = cli("train", "-o", resumed, "--resume")
+    assert code == 0 and "resuming" in out, err
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 40 and a["train_config"]["optimizer"] == "adamw"
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+        assert torch.equal(a["best"]["model"][name], b["best"]["model"][name]), name
+    assert torch.equal(a["lossi"], b["lossi"]) and torch.equal(a["rng"], b["rng"])
+    assert str(a["optimizer"]) == str(b["optimizer"])
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (resumed / "metrics.jsonl").read_text()
+
+
+def test_the_best_weights_are_kept_and_used_unless_told(tmp_path, tiny_file, cli):
+    """The checkpoint keeps the weights of the lowest val loss in metrics.jsonl; eval and
+    sample use them, --weights last the last ones."""
+    import json
+
+    work = tmp_path / "run"
+    code, out, err = cli("train", "-i", tiny_file, "-o", work, *TINY, "--learning-rate", "0.05")
+    assert code == 0, err
+    ckpt = load_checkpoint(work / "checkpoint.pt")
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_loss"])
+    assert ckpt["best"]["step"] == best["step"] and ckpt["best"]["val_loss"] == best["val_loss"]
+    assert f"best val loss {best['val_loss']:.4f} at step {best['step']:,}" in out
+    # make the two sets of weights differ visibly, then ask for each
+    ckpt["best"]["model"]["head.bias"] = ckpt["best"]["model"]["head.bias"] + 5 * torch.arange(len(VOCAB) + 5.0)
+    ckpt_io.save_checkpoint(work / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    evals = {w: cli("eval", "-o", work, "--weights", w)[1] for w in ("best", "last")}
+    assert cli("eval", "-o", work)[1] == evals["best"] != evals["last"]
+    val_last = float(evals["last"].splitlines()[1].split()[2])
+    assert val_last == pytest.approx(records[-1]["val_loss"], abs=1e-4)
+
+
+def test_eval_reports_the_names_not_in_train(tmp_path, cli):
+    """With names repeated across the split, 'unseen' counts exactly the held-out names
+    that train does not hold."""
+    from wavenet.data import load_words, split_words
+    from tests.conftest import TINY_WORDS
+
+    path = tmp_path / "dup.txt"
+    path.write_text("\n".join(TINY_WORDS + TINY_WORDS[:20]) + "\n")
+    work = tmp_path / "run"
+    code, _, err = cli("train", "-i", path, "-o", work, *TINY)
+    assert code == 0, err
+    code, out, err = cli("eval", "-o", work)
+    assert code == 0, err
+    train, val, test = split_words(load_words(path))
+    rows = {line[:11].strip(): line[11:] for line in out.splitlines()}
+    assert list(rows) == ["train", "val", "test", "val unseen", "test unseen"]
+    for split, held in (("val", val), ("test", test)):
+        unseen = [w for w in held if w not in set(train)]
+        assert len(unseen) < len(held)  # the repeats reach this split
+        if unseen:
+            assert f"({sum(len(w) + 1 for w in unseen):,} targets, {len(unseen):,} names)" in rows[f"{split} unseen"]
+        else:
+            assert "no names" in rows[f"{split} unseen"]
+
+
+def test_flags_of_another_kind_are_refused(tmp_path, tiny_file, cli, one_line_error):
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "a", "--model", "wavenet", "--block-size", "8")[::2],
+                   "--block-size does not apply to a 'wavenet' model")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "b", "--n-cycles", "2")[::2],
+                   "--n-cycles does not apply to a 'conv' model")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "c", *TINY, "--norm", "batch")[::2],
+                   "--norm must be one of none, layer, rms")
