@@ -21,7 +21,8 @@ def test_old_checkpoints_evaluate_and_sample_as_before(run, kind, cli):
     # the same losses and target counts, per split, as that code printed (eval now adds the
     # held-out names not in train, and each split's name count, after them)
     def figures(text):
-        return [(line.split()[0], line.split()[2], line.split()[3].strip("(,")) for line in text.splitlines()[:3]]
+        return [(line.split()[0], line.split()[2], line.split()[3].strip("(,"))
+                for line in text.splitlines()[:3]]
     assert figures(out) == figures((LEGACY / run / "eval.txt").read_text())
     assert [line[:11].strip() for line in out.splitlines()][3:] == ["val unseen", "test unseen"]
     code, out, err = cli("sample", "-o", LEGACY / run, "-n", "8", "--seed", "1", "-i", data)

@@ -19,15 +19,15 @@ from wavenet.train import NameBatches, learning_rate_at, make_batches, make_opti
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
-SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2), dict(n_layers=4, n_cycles=1, norm="layer"),
-          dict(n_layers=2, n_cycles=3, norm="rms")]
+SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2),
+          dict(n_layers=4, n_cycles=1, norm="layer"), dict(n_layers=2, n_cycles=3, norm="rms")]
 
 
 def make(dtype=torch.float64, seed=0, dropout=0.0, **shape):
     g = torch.Generator().manual_seed(seed)
     m = WaveNet(len(VOCAB), n_residual=6, n_skip=5, dropout=dropout, generator=g, **shape).to(dtype)
     with torch.no_grad():  # biases and norm gains away from their init, so each one matters
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.dim() == 1:
                 p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=dtype))
     return m
@@ -165,7 +165,8 @@ def test_cached_and_full_sampling_draw_the_same_names(prefix):
     cached = generate(m, 40, generator=torch.Generator().manual_seed(5), method="cached", **kw)
     full = generate(m, 40, generator=torch.Generator().manual_seed(5), method="full", **kw)
     assert cached == full
-    assert generate(m, 40, generator=torch.Generator().manual_seed(5), **kw) == cached  # cached is the default
+    default = generate(m, 40, generator=torch.Generator().manual_seed(5), **kw)
+    assert default == cached  # cached is the default
     assert len({tuple(n) for n in cached}) > 10
 
 
@@ -252,7 +253,8 @@ def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_
     monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
     code, out, err = cli("train", "-o", resumed, "--resume")
     assert code == 0 and "resuming" in out, err
-    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(resumed / "checkpoint.pt")
     assert a["step"] == b["step"] == 40 and a["train_config"]["optimizer"] == "adamw"
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
@@ -276,8 +278,10 @@ def test_the_best_weights_are_kept_and_used_unless_told(tmp_path, tiny_file, cli
     assert ckpt["best"]["step"] == best["step"] and ckpt["best"]["val_loss"] == best["val_loss"]
     assert f"best val loss {best['val_loss']:.4f} at step {best['step']:,}" in out
     # make the two sets of weights differ visibly, then ask for each
-    ckpt["best"]["model"]["head.bias"] = ckpt["best"]["model"]["head.bias"] + 5 * torch.arange(len(VOCAB) + 5.0)
-    ckpt_io.save_checkpoint(work / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    bias = ckpt["best"]["model"]["head.bias"]
+    ckpt["best"]["model"]["head.bias"] = bias + 5 * torch.arange(float(len(bias)))
+    ckpt_io.save_checkpoint(work / "checkpoint.pt",
+                            {k: v for k, v in ckpt.items() if k not in ("format", "version")})
     evals = {w: cli("eval", "-o", work, "--weights", w)[1] for w in ("best", "last")}
     assert cli("eval", "-o", work)[1] == evals["best"] != evals["last"]
     val_last = float(evals["last"].splitlines()[1].split()[2])
@@ -287,8 +291,8 @@ def test_the_best_weights_are_kept_and_used_unless_told(tmp_path, tiny_file, cli
 def test_eval_reports_the_names_not_in_train(tmp_path, cli):
     """With names repeated across the split, 'unseen' counts exactly the held-out names
     that train does not hold."""
-    from wavenet.data import load_words, split_words
     from tests.conftest import TINY_WORDS
+    from wavenet.data import load_words, split_words
 
     path = tmp_path / "dup.txt"
     path.write_text("\n".join(TINY_WORDS + TINY_WORDS[:20]) + "\n")
@@ -304,15 +308,38 @@ def test_eval_reports_the_names_not_in_train(tmp_path, cli):
         unseen = [w for w in held if w not in set(train)]
         assert len(unseen) < len(held)  # the repeats reach this split
         if unseen:
-            assert f"({sum(len(w) + 1 for w in unseen):,} targets, {len(unseen):,} names)" in rows[f"{split} unseen"]
+            counts = f"({sum(len(w) + 1 for w in unseen):,} targets, {len(unseen):,} names)"
+            assert counts in rows[f"{split} unseen"]
         else:
             assert "no names" in rows[f"{split} unseen"]
 
 
 def test_flags_of_another_kind_are_refused(tmp_path, tiny_file, cli, one_line_error):
-    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "a", "--model", "wavenet", "--block-size", "8")[::2],
-                   "--block-size does not apply to a 'wavenet' model")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "a", "--model", "wavenet",
+                        "--block-size", "8")[::2], "--block-size does not apply to a 'wavenet' model")
     one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "b", "--n-cycles", "2")[::2],
                    "--n-cycles does not apply to a 'conv' model")
     one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "c", *TINY, "--norm", "batch")[::2],
                    "--norm must be one of none, layer, rms")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_paper_block_written_with_conv1d(shape):
+    """The model against the paper's network written plainly with `F.conv1d` on (B, C, T):
+    a dilated kernel-2 conv into filter and gate, tanh * sigmoid, 1x1 into the residual and
+    skip streams, relu -> 1x1 -> relu -> 1x1 on the skip sum (eval mode)."""
+    m = make(**shape).eval()
+    X, _ = pad_names(WORDS, VOCAB, m.block_size)
+    P = X.shape[1] - m.block_size + 1
+    x, skip = m.wte(X).transpose(1, 2), 0  # (B, C, T)
+    for block in m.blocks:
+        u = block.norm(x.transpose(1, 2)).transpose(1, 2)  # per position, over channels
+        h = torch.conv1d(u, block.conv.weight, block.conv.bias, dilation=block.dilation)  # (B, 2C, T - d)
+        f, g = h.chunk(2, 1)
+        o = torch.conv1d(torch.tanh(f) * torch.sigmoid(g), block.proj.weight[:, :, None], block.proj.bias)
+        if block.residual:
+            x = x[:, :, block.dilation:] + o[:, :block.residual]
+        skip = skip + o[:, block.residual:, -P:]  # (B, S, P)
+    hidden = torch.relu(torch.conv1d(torch.relu(skip), m.hidden.weight[:, :, None], m.hidden.bias))
+    logits = torch.conv1d(hidden, m.head.weight[:, :, None], m.head.bias)  # (B, V, P)
+    torch.testing.assert_close(m(X)[0], logits.transpose(1, 2), rtol=0, atol=1e-12)

@@ -1,18 +1,20 @@
 """wavenet: character-level WaveNet language models.
 
-The lecture's hierarchical MLP (makemore part 5) and the dilated causal convolution it
-really is, proven to be the same function. See README.md.
+The lecture's hierarchical MLP (makemore part 5), the dilated causal convolution it really
+is (proven to be the same function), and the WaveNet paper's gated residual network. See
+README.md.
 
     model, vocab = wavenet.load("out")   # the trained model of a run directory, in eval mode
 """
 
-from .config import ConvConfig, MLPConfig, TrainConfig
+from .config import ConvConfig, MLPConfig, TrainConfig, WaveNetConfig
 from .data import Vocab, build_windows, load_words, pad_names, split_words
 from .errors import WavenetError
+from .gated import WaveNet
 from .models import ConvWaveNet, HierarchicalMLP, build_model
 from .rundir import RunDir, load
 
 __version__ = "0.1.0"
 __all__ = ["ConvConfig", "ConvWaveNet", "HierarchicalMLP", "MLPConfig", "RunDir", "TrainConfig", "Vocab",
-           "WavenetError", "build_model", "build_windows", "load", "load_words", "pad_names", "split_words",
-           "__version__"]
+           "WaveNet", "WaveNetConfig", "WavenetError", "build_model", "build_windows", "load", "load_words",
+           "pad_names", "split_words", "__version__"]

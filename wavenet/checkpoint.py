@@ -106,7 +106,8 @@ def model_from_checkpoint(ckpt: dict, device="cpu", weights: str = "best"):
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         model = build_model(ckpt["model_config"])
-        model.load_state_dict(ckpt["best"]["model"] if weights == "best" and "best" in ckpt else ckpt["model"])
+        best = weights == "best" and "best" in ckpt
+        model.load_state_dict(ckpt["best"]["model"] if best else ckpt["model"])
     except Exception as e:  # wrong shapes, missing keys: a damaged or hand-edited file
         raise CheckpointError(f"checkpoint does not match its model config ({_first_line(e)})") from None
     if len(vocab) != model.vocab_size:

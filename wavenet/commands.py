@@ -75,6 +75,8 @@ def train(args) -> int:
         step, lossi, best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
         if "rng" in resumed:
             torch.set_rng_state(resumed["rng"])
+        if "cuda_rng" in resumed and device == "cuda":
+            torch.cuda.set_rng_state(resumed["cuda_rng"])
         run.truncate_metrics(step)
         print(f"resuming {run.path} at step {step:,}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -85,6 +87,8 @@ def train(args) -> int:
         state = dict(**model_state(model, vocab), optimizer=optimizer.state_dict(), step=at_step,
                      train_config=dataclasses.asdict(cfg), batches=batches.state_dict(),
                      lossi=torch.tensor(lossi, dtype=torch.float64), data=data, rng=torch.get_rng_state())
+        if device == "cuda":  # dropout on a GPU draws from the GPU's stream
+            state["cuda_rng"] = torch.cuda.get_rng_state()
         run.save(state if best is None else dict(state, best=best))
 
     val_batches = list(eval_batches(model, val_words, vocab))  # built once, scored every interval
@@ -204,7 +208,8 @@ def evaluate(args) -> int:
 
 
 def convert(args) -> int:
-    """MLP checkpoint -> conv checkpoint with the same function (ConvWaveNet.from_mlp)."""
+    """MLP checkpoint -> conv checkpoint with the same function (ConvWaveNet.from_mlp), from
+    the MLP's best weights (its last, in a checkpoint that keeps no best)."""
     src = RunDir(args.work_dir)
     ckpt = src.load(kind="mlp")
     mlp, vocab = model_from_checkpoint(ckpt)
@@ -213,7 +218,7 @@ def convert(args) -> int:
     if dst.checkpoint.exists():
         raise WavenetError(f"{dst.checkpoint} exists: choose another into", param="into")
     dst.create(resume=False)
-    step = ckpt.get("step", 0)
+    step = ckpt["best"]["step"] if "best" in ckpt else ckpt.get("step", 0)  # the weights converted
     dst.save(dict(**model_state(conv, vocab), step=step, data=ckpt["data"],
                   converted_from=str(src.checkpoint.resolve())))
     print(f"wrote {dst.checkpoint}: conv model converted from the MLP at step {step:,} (same function)")

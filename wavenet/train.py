@@ -114,7 +114,8 @@ class NameBatches:
         lengths, starts = self._lengths[chosen], self._starts[chosen]
         shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
         chars = self._chars[torch.arange(len(shift)) + shift]
-        return pack(chars, lengths, self.block_size, len(self.vocab), dilations=self.dilations).to(self.device), None
+        batch = pack(chars, lengths, self.block_size, len(self.vocab), dilations=self.dilations)
+        return batch.to(self.device), None
 
     def state_dict(self) -> dict:
         return {"step": self.step}
