@@ -343,3 +343,13 @@ def test_the_paper_block_written_with_conv1d(shape):
     hidden = torch.relu(torch.conv1d(torch.relu(skip), m.hidden.weight[:, :, None], m.hidden.bias))
     logits = torch.conv1d(hidden, m.head.weight[:, :, None], m.head.bias)  # (B, V, P)
     torch.testing.assert_close(m(X)[0], logits.transpose(1, 2), rtol=0, atol=1e-12)
+
+
+def test_norms_work_per_position_over_channels():
+    from wavenet.gated import RMSNorm
+    x = torch.randn(3, 7, 16, dtype=torch.float64) * 5 + 2
+    y = RMSNorm(16).double()(x)
+    torch.testing.assert_close(y.square().mean(-1), torch.ones(3, 7, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(RMSNorm(16).double()(x[:, :3]), y[:, :3], rtol=0, atol=0)  # no mixing
+    m = make(n_layers=2, n_cycles=1, norm="layer")
+    assert isinstance(m.blocks[0].norm, torch.nn.LayerNorm) and m.blocks[0].norm.normalized_shape == (6,)

@@ -6,9 +6,9 @@ Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full
     each block, dilation d (1, 2, 4, ..., repeated in cycles):
         u = norm(x)                                 per position, or none
         h = W * [u(t - d), u(t)] + b                kernel-2 dilated causal conv -> 2R
-        z = tanh(h_filter) * sigmoid(h_gate)        the gated activation -> R
+        z = drop(tanh(h_filter) * sigmoid(h_gate))  the gated activation -> R
         x = x + W_res z,   skip += W_skip z         1x1 convolutions (the last block: skip only)
-    logits = W_2 relu(W_1 relu(skip) + b_1) + b_2   two 1x1 convolutions
+    logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions
 
 Nothing mixes positions except the causal convolutions, and nothing mixes names at all: no
 BatchNorm, so a training-mode forward is as causal as an eval-mode one. Dropout acts on each
@@ -43,7 +43,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
 
 
 class Dropout(nn.Module):
