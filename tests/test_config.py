@@ -78,7 +78,7 @@ def test_cli_help_shows_each_kinds_defaults_from_the_configs():
     text = " ".join(text.split())
     assert (f"[conv {RECIPES['conv'].max_steps}, mlp {RECIPES['mlp'].max_steps}, "
             f"wavenet {RECIPES['wavenet'].max_steps}]") in text
-    assert "dropout probability in training [wavenet 0.1]" in " ".join(text.split())
+    assert "dropout probability in training [wavenet 0.3]" in " ".join(text.split())
     assert (f"context length, a power of two [conv {ConvConfig().block_size}, "
             f"mlp {MLPConfig().block_size}]") in text
     assert "--model {" + ",".join(MODEL_CONFIGS) + "}" in text
