@@ -84,7 +84,7 @@ class WaveNetConfig:
     n_layers: int = field(default=4, metadata=_help("blocks per dilation cycle (dilations 1, 2, 4, ...)"))
     n_cycles: int = field(default=2, metadata=_help("dilation cycles"))
     n_residual: int = field(default=128, metadata=_help("residual (and gate) channels"))
-    n_skip: int = field(default=128, metadata=_help("skip channels"))
+    n_skip: int = field(default=256, metadata=_help("skip channels"))
     dropout: float = field(default=0.3, metadata=_help("dropout probability in training", "P"))
     norm: str = field(default="none", metadata=_help(
         "per-position normalisation of each block's input: none, layer or rms", "KIND"))
