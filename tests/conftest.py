@@ -1,10 +1,13 @@
 """Shared fixtures. Helpers are fixtures, not imports: a test asks for what it uses."""
 
+import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+import wavenet.checkpoint as ckpt_io
 from wavenet.cli import main
 from wavenet.data import Vocab, load_words
 
@@ -80,3 +83,27 @@ def randomize_batchnorm():
                 norm.bias.normal_(generator=generator)
         return model
     return randomize
+
+
+@pytest.fixture
+def copy_checkpoint_at(monkeypatch):
+    """`with copy_checkpoint_at(step, into): ...`: while inside, the checkpoint and metrics a
+    run writes at `step` are also copied into the directory `into`, the state a run killed
+    right after that checkpoint would leave (for resume tests)."""
+    @contextlib.contextmanager
+    def copying(step, into):
+        into.mkdir(exist_ok=True)
+        real_save = ckpt_io.save_checkpoint
+
+        def save_and_copy(path, state):
+            real_save(path, state)
+            if state["step"] == step:
+                shutil.copy(path, into / "checkpoint.pt")
+                shutil.copy(path.parent / "metrics.jsonl", into / "metrics.jsonl")
+
+        monkeypatch.setattr(ckpt_io, "save_checkpoint", save_and_copy)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
+    return copying

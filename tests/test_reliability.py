@@ -4,7 +4,6 @@ import fcntl
 import os
 import pickle
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import time
 import pytest
 import torch
 
-import wavenet.checkpoint as ckpt_io
 from wavenet.rundir import RunDir
 
 
@@ -134,22 +132,12 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])
-def test_resume_is_bit_identical(tmp_path, tiny_file, monkeypatch, model, cli, train_tiny):
+def test_resume_is_bit_identical(tmp_path, model, cli, train_tiny, copy_checkpoint_at):
     """40 steps straight == 20 steps, then --resume for 20: parameters, buffers, optimizer
     state, batch state and loss history all bit-identical."""
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    real_save = ckpt_io.save_checkpoint
-
-    def keep_step_20(path, state):
-        real_save(path, state)
-        if state["step"] == 20:
-            shutil.copy(path, resumed / "checkpoint.pt")
-            shutil.copy(path.parent / "metrics.jsonl", resumed / "metrics.jsonl")
-
-    monkeypatch.setattr(ckpt_io, "save_checkpoint", keep_step_20)
-    straight = train_tiny(tmp_path / "straight", "--model", model, "--learning-rate", "0.3")
-    monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
+    with copy_checkpoint_at(20, resumed):
+        straight = train_tiny(tmp_path / "straight", "--model", model, "--learning-rate", "0.3")
     code, out, err = cli("train", "-o", resumed, "--resume")
     assert code == 0, err
     assert "resuming" in out

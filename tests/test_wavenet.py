@@ -2,7 +2,6 @@
 cached generation, parameter count and recipe."""
 
 import math
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -233,24 +232,15 @@ TINY = ["--model", "wavenet", "--n-residual", "6", "--n-skip", "5", "--n-layers"
         "-n", "0"]
 
 
-def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_file, monkeypatch, cli):
+def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_file, cli,
+                                                                  copy_checkpoint_at):
     """40 steps straight == 20, then --resume for 20, with dropout 0.2 (the random stream is
     in the checkpoint), AdamW, warm-up, cosine decay and gradient clipping that bites."""
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    real_save = ckpt_io.save_checkpoint
-
-    def keep_step_20(path, state):
-        real_save(path, state)
-        if state["step"] == 20:
-            shutil.copy(path, resumed / "checkpoint.pt")
-            shutil.copy(path.parent / "metrics.jsonl", resumed / "metrics.jsonl")
-
-    monkeypatch.setattr(ckpt_io, "save_checkpoint", keep_step_20)
-    flags = ["-i", tiny_file, *TINY, "--dropout", "0.2", "--grad-clip", "0.5"]
-    code, _, err = cli("train", "-o", tmp_path / "straight", *flags)
+    with copy_checkpoint_at(20, resumed):
+        code, _, err = cli("train", "-o", tmp_path / "straight", "-i", tiny_file, *TINY,
+                           "--dropout", "0.2", "--grad-clip", "0.5")
     assert code == 0, err
-    monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
     code, out, err = cli("train", "-o", resumed, "--resume")
     assert code == 0 and "resuming" in out, err
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
