@@ -343,3 +343,9 @@ def test_norms_work_per_position_over_channels():
     torch.testing.assert_close(RMSNorm(16).double()(x[:, :3]), y[:, :3], rtol=0, atol=0)  # no mixing
     m = make(n_layers=2, n_cycles=1, norm="layer")
     assert isinstance(m.blocks[0].norm, torch.nn.LayerNorm) and m.blocks[0].norm.normalized_shape == (6,)
+
+
+def test_a_bad_weights_choice_is_one_line(tmp_path, cli, one_line_error):
+    for command in ("eval", "sample"):
+        one_line_error(*cli(command, "-o", tmp_path, "--weights", "middle")[::2],
+                       "argument --weights: invalid choice: 'middle'")

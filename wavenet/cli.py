@@ -80,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest characters only")
     s.add_argument("--prefix", default="", help="start every sample with these characters")
     s.add_argument("-i", "--input-file", default=None, help=data_help)
-    weights_help = "the run's weights with the best val loss, or the last (where training stopped) [best]"
-    s.add_argument("--weights", choices=["best", "last"], default="best", help=weights_help)
 
     e = sub.add_parser("eval", help="train / val / test loss of the model in --work-dir, and on the "
                        "val and test names not in train")
     common(e)
     e.add_argument("-i", "--input-file", default=None, help=data_help)
-    e.add_argument("--weights", choices=["best", "last"], default="best", help=weights_help)
+    for sp in (s, e):
+        sp.add_argument("--weights", choices=["best", "last"], default="best", help="the run's weights "
+                        "with the best val loss, or the last (where training stopped) [best]")
 
     c = sub.add_parser("convert",
                        help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")

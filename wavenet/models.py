@@ -107,8 +107,13 @@ class ConvWaveNet(_Tree):
         super().__init__(vocab_size, block_size, n_embd, n_hidden, generator, tap_major_conv)
 
     @property
+    def dilations(self) -> list[int]:
+        """The layers' dilations, 1, 2, ..., block_size / 2 (what `packed.pack` indexes)."""
+        return [conv.dilation[0] for conv in self.fuse]
+
+    @property
     def receptive_field(self) -> int:
-        return 1 + sum(conv.dilation[0] for conv in self.fuse)
+        return 1 + sum(self.dilations)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, skip_prefix: bool = True):
         """`skip_prefix`: when the first block_size ids of every row are boundary tokens (as

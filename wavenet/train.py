@@ -71,7 +71,7 @@ class NameBatches:
     `packed` (the default): `next()` returns (`packed.PackedNames`, None), the fused
     training step's layout, built from names encoded once per run; False: `pad_names`
     rows (X, Y), the reference path. Both hold the same names in the same order.
-    `dilations`: the layers' dilations for the packing (the gated WaveNet's; default the tree's).
+    `dilations`: the model's layers' dilations, for the packing (default: the tree's).
     """
 
     def __init__(self, words, vocab, block_size: int, batch_size: int, seed: int, device="cpu",
@@ -131,7 +131,7 @@ def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generat
         X, Y = build_windows(words, vocab, model.block_size)
         return WindowBatches(X, Y, cfg.batch_size, generator, device)
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length, dilations=getattr(model, "dilations", None))
+                       group_by_length=cfg.group_by_length, dilations=model.dilations)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
