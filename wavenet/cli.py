@@ -13,7 +13,7 @@ import dataclasses
 import sys
 
 from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, WavenetError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
 
 # Library parameter -> the flag that sets it, where the two are not simply `--name-with-dashes`.
 FLAGS = {"num": "-n/--num-samples", "num_samples": "-n/--num-samples", "work_dir": "-o/--work-dir",
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int, default=1000, help="longest line accepted, in characters [1000]")
     t.add_argument("-n", "--num-samples", type=int, default=20, help="samples printed at the end [20]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dist-timeout", type=float, default=300, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others in a collective before "
+                   "it stops with an error [300]")
 
     data_help = ("the run's data file, if it has moved (checked against the recorded SHA-256) "
                  "[the recorded path]")
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except WavenetError as e:
         print(f"wavenet: error: {e.renamed(flag_name)}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
     except KeyboardInterrupt:
         print("wavenet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -12,7 +12,9 @@ from .checkpoint import model_from_checkpoint, model_state
 from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES, TrainConfig, config_from_record, model_config
 from .data import Vocab, load_words, split_words
 from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
-from .evaluate import eval_batches, split_loss
+from . import distributed
+from .distributed import GroupError
+from .evaluate import eval_batches, sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
@@ -42,99 +44,181 @@ def train(args) -> int:
     # check: the flags, the input file and any checkpoint, before anything is written
     if args.num_samples < 0:
         raise WavenetError(f"num_samples must be 0 or more, got {args.num_samples}", param="num_samples")
-    device = resolve_device(args.device)
-    run = RunDir(args.work_dir)
-    resumed = run.start(resume=args.resume)
-    model_cfg, cfg = _configs(args, resumed)
-    input_file = args.input_file or (resumed["data"]["path"] if resumed is not None else default_input())
-    words = load_words(input_file, args.max_length)
-    data = data_record(input_file, words, args.max_length)
-    vocab = Vocab.from_words(words)
-    if resumed is not None:
-        if data["sha256"] != resumed["data"]["sha256"]:
-            raise WavenetError(f"resume: {input_file} is not the file this run was trained on "
-                               "(SHA-256 differs)", param="resume")
-        if vocab != Vocab.from_dict(resumed["vocab"]):
-            raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
-                               param="resume")
-    splits = split_words(words, seed=data["split_seed"])
-    train_words, val_words, _ = splits
+    if not args.dist_timeout > 0:
+        raise WavenetError(f"dist_timeout must be a positive number of seconds, got {args.dist_timeout}",
+                           param="dist_timeout")
+    group, device = distributed.setup(resolve_device(args.device), args.dist_timeout)  # None: one process
+    try:
+        return _train(args, device, group)
+    except (RuntimeError, OSError) as e:
+        if group is None or not _is_group_failure(e):
+            raise
+        raise GroupError(f"rank {group.rank} of {group.world_size}: the process group failed, so this rank "
+                         f"stops ({distributed.first_line(e)}); {_kept(RunDir(args.work_dir))}") from None
+    finally:
+        distributed.teardown()
 
-    # build
-    run.create(resume=args.resume)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(model_cfg, len(vocab), generator).to(device)
-    batches = make_batches(model, train_words, vocab, cfg, generator, device)
+
+def _is_group_failure(e: BaseException) -> bool:
+    """A collective's failure (a peer died or hung), not a bug of ours."""
+    import torch.distributed as dist
+    text = str(e).lower()
+    return isinstance(e, dist.DistError) or any(word in text for word in (
+        "gloo", "nccl", "connection", "timed out", "timeout", "peer", "broken pipe"))
+
+
+def _train(args, device: str, group) -> int:
+    main = group is None or group.is_main  # rank 0 alone writes and prints
+    say = print if main else (lambda *a, **k: None)
+    run = RunDir(args.work_dir)
+    ok = False
+    try:
+        resumed = run.start(resume=args.resume)
+        model_cfg, cfg = _configs(args, resumed)
+        input_file = args.input_file or (resumed["data"]["path"] if resumed is not None else default_input())
+        words = load_words(input_file, args.max_length)
+        data = data_record(input_file, words, args.max_length)
+        vocab = Vocab.from_words(words)
+        if resumed is not None:
+            if data["sha256"] != resumed["data"]["sha256"]:
+                raise WavenetError(f"resume: {input_file} is not the file this run was trained on "
+                                   "(SHA-256 differs)", param="resume")
+            if vocab != Vocab.from_dict(resumed["vocab"]):
+                raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
+                                   param="resume")
+        splits = split_words(words, seed=data["split_seed"])
+        train_words, val_words, _ = splits
+
+        # build
+        generator = torch.Generator().manual_seed(cfg.seed)
+        model = build_model(model_cfg, len(vocab), generator).to(device)
+        batches = make_batches(model, train_words, vocab, cfg, generator, device, group)
+        ok = True
+    finally:
+        _all_started(group, ok)
+    ok = False
+    try:
+        if main:
+            run.create(resume=args.resume)
+        ok = True
+    finally:
+        _all_started(group, ok)
     optimizer = make_optimizer(model, cfg)
     step, lossi, best = 0, [], None
-    torch.manual_seed(cfg.seed)  # the stream dropout draws from (the gated WaveNet)
+    rank = 0 if group is None else group.rank
+    torch.manual_seed(cfg.seed + rank)  # the stream dropout draws from (the gated WaveNet): one per rank
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         batches.load_state_dict(resumed["batches"])
         step, lossi, best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
-        if "rng" in resumed:
-            torch.set_rng_state(resumed["rng"])
-        if "cuda_rng" in resumed and device == "cuda":
-            torch.cuda.set_rng_state(resumed["cuda_rng"])
-        run.truncate_metrics(step)
-        print(f"resuming {run.path} at step {step:,}")
+        _restore_rng(resumed, group, device)
+        if main:
+            run.truncate_metrics(step)
+        say(f"resuming {run.path} at step {step:,}")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{model.kind} model, {n_params:,} parameters; {len(words):,} items, vocabulary {len(vocab)}; "
-          f"{len(train_words):,} train / {len(val_words):,} val names; device {device}")
+    ranks = "" if group is None else f"; {group.world_size} processes"
+    say(f"{model.kind} model, {n_params:,} parameters; {len(words):,} items, vocabulary {len(vocab)}; "
+        f"{len(train_words):,} train / {len(val_words):,} val names; device {device}{ranks}")
+    ddp = None
+    if group is not None:  # gradients averaged across ranks; BatchNorm syncs its own statistics
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(model, forward_sync_buffers=False)
 
     def save(at_step: int) -> None:
+        rngs = distributed.gather_object(_rng_state(device))  # a collective: every rank's stream
+        if not main:
+            return
         state = dict(**model_state(model, vocab), optimizer=optimizer.state_dict(), step=at_step,
                      train_config=dataclasses.asdict(cfg), batches=batches.state_dict(),
-                     lossi=torch.tensor(lossi, dtype=torch.float64), data=data, rng=torch.get_rng_state())
-        if device == "cuda":  # dropout on a GPU draws from the GPU's stream
-            state["cuda_rng"] = torch.cuda.get_rng_state()
+                     lossi=torch.tensor(lossi, dtype=torch.float64), data=data, rng=rngs[0]["cpu"])
+        if "cuda" in rngs[0]:  # dropout on a GPU draws from the GPU's stream
+            state["cuda_rng"] = rngs[0]["cuda"]
+        if group is not None:
+            state["rank_rngs"] = rngs
         run.save(state if best is None else dict(state, best=best))
 
-    val_batches = list(eval_batches(model, val_words, vocab))  # built once, scored every interval
+    val_batches = shard_batches(eval_batches(model, val_words, vocab))  # built once, scored every interval
 
     def on_interval(at_step: int) -> None:
         nonlocal best
-        val = split_loss(model, val_words, vocab, device, batches=val_batches)
+        val = split_loss(model, val_words, vocab, device, batches=val_batches, sharded=True)
         if best is None or val < best["val_loss"]:  # the weights sample and eval use by default
             best = dict(model={k: v.detach().clone() for k, v in model.state_dict().items()},
                         step=at_step, val_loss=val)
         recent = lossi[-100:]  # log10 losses of the last 100 steps
-        run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
-                            "val_loss": val})
+        if main:
+            run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
+                                "val_loss": val})
         save(at_step)
         if args.no_progress:
-            print(f"step {at_step:,}: val loss {val:.4f}")
+            say(f"step {at_step:,}: val loss {val:.4f}")
 
     # train
     try:
         result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
-                            on_interval=on_interval, progress=not args.no_progress)
+                            on_interval=on_interval, progress=main and not args.no_progress, ddp=ddp)
     except Diverged as e:
-        kept = (f"the last good checkpoint is kept: {run.checkpoint} (step {run.load()['step']:,})"
-                if run.checkpoint.exists() else "no checkpoint was written")
-        raise Diverged(f"{e}; {kept}", param=e.param) from None
+        raise Diverged(f"{e}; {_kept(run, 'good ')}", param=e.param) from None
     if result.interrupted:
         save(result.step)
-        print(f"interrupted at step {result.step:,}: checkpoint saved to {run.checkpoint}; "
-              f"continue with: wavenet train -o {run.path} --resume")
+        distributed.barrier()  # no rank leaves before the checkpoint is written
+        say(f"interrupted at step {result.step:,}: checkpoint saved to {run.checkpoint}; "
+            f"continue with: wavenet train -o {run.path} --resume")
         return EXIT_INTERRUPTED
 
     # report
-    if run.plot_loss(lossi):
+    if main and run.plot_loss(lossi):
         print(f"loss curve: {run.loss_plot}")
-    print(f"train loss {split_loss(model, train_words, vocab, device):.4f}")
-    print(f"val loss   {split_loss(model, val_words, vocab, device, val_batches):.4f}")
-    print(f"checkpoint: {run.checkpoint}")
+    scored = sample_for_loss(train_words, seed=cfg.seed)
+    of = "" if len(scored) == len(train_words) else f" (a seeded sample of {len(scored):,} of " \
+                                                     f"{len(train_words):,} train names)"
+    say(f"train loss {split_loss(model, scored, vocab, device, sharded=True):.4f}{of}")
+    say(f"val loss   {split_loss(model, val_words, vocab, device, val_batches, sharded=True):.4f}")
+    say(f"checkpoint: {run.checkpoint}")
     if best is not None:
         last = " (the last step's)" if best["step"] == result.step else ""
-        print(f"best val loss {best['val_loss']:.4f} at step {best['step']:,}{last}: "
-              "the weights sample and eval use")
+        say(f"best val loss {best['val_loss']:.4f} at step {best['step']:,}{last}: "
+            "the weights sample and eval use")
         model.load_state_dict(best["model"])
-    if args.num_samples:
+    if args.num_samples and main:
         names = _sample(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), data, device)
         _print_marked(names, splits)
     return EXIT_OK
+
+
+def _kept(run: RunDir, good: str = "") -> str:
+    if not run.checkpoint.exists():
+        return "no checkpoint was written"
+    return f"the last {good}checkpoint is kept: {run.checkpoint} (step {run.load()['step']:,})"
+
+
+def _all_started(group, ok: bool) -> None:
+    """Every rank learns whether all of them got this far; one that did not has printed
+    its own error, and the others stop too instead of waiting for it."""
+    if group is not None and not distributed.agree(ok) and ok:
+        raise WavenetError("another process of the group could not start (its error is above)")
+
+
+def _rng_state(device: str) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(resumed: dict, group, device: str) -> None:
+    """Each rank continues its own dropout stream from the checkpoint. A checkpoint of a
+    different number of processes has none for the new ranks: they keep their fresh seed."""
+    saved = resumed.get("rank_rngs")
+    if group is None or group.rank == 0:
+        state = {"cpu": resumed.get("rng"), "cuda": resumed.get("cuda_rng")}
+    else:
+        state = saved[group.rank] if saved and len(saved) == group.world_size else {}
+    if state.get("cpu") is not None:
+        torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _configs(args, resumed):

@@ -13,6 +13,7 @@ import re
 from typing import Callable
 
 EXIT_OK = 0
+EXIT_FAILED = 1          # the run failed, not the user's input (a process of the group died)
 EXIT_USAGE = 2           # a user mistake: one line on stderr
 EXIT_INTERRUPTED = 130   # Ctrl-C (SIGINT), after saving what can be saved
 
@@ -24,6 +25,8 @@ class WavenetError(Exception):
     written in the message as in Python. `renamed` replaces the last occurrence of each
     that stands as a word of its own, not inside a path or file name (`runs/max_length`,
     `max_length.txt`), wherever a path stands in the message."""
+
+    exit_code = EXIT_USAGE  # a subclass for failures that are not the user's mistake says otherwise
 
     def __init__(self, message: str, param: str | tuple[str, ...] | None = None):
         super().__init__(message)

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
+
 
 class BatchNorm(nn.Module):
     """The lecture's BatchNorm1d over feature vectors (rows of size num_features)."""
@@ -31,11 +33,15 @@ class BatchNorm(nn.Module):
 
     def statistics(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows (N, C) -> (mean, var), each (C,). In training: the batch statistics
-        (unbiased variance), and the running buffers move towards them. In eval: the
-        running buffers."""
+        (unbiased variance), and the running buffers move towards them; under torchrun, the
+        statistics of every rank's rows together (distributed.py). In eval: the running
+        buffers."""
         if not self.training:
             return self.running_mean, self.running_var
-        var, mean = torch.var_mean(rows, dim=0, correction=1)
+        if distributed.active() is not None:  # the whole global batch's, across ranks
+            mean, var = distributed.moments(rows, differentiable=True)
+        else:
+            var, mean = torch.var_mean(rows, dim=0, correction=1)
         with torch.no_grad():
             self.running_mean.lerp_(mean, self.momentum)  # (1 - m) * running + m * batch
             self.running_var.lerp_(var, self.momentum)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from . import distributed
+
 
 @dataclass
 class PackedNames:
@@ -126,6 +128,7 @@ class FusedTree(torch.autograd.Function):
     2e-7 in float32, 1e-16 in float64). The backward pass is the same in reverse, with
     BatchNorm's gradient in closed form (the lecture's unbiased variance):
     dh = gamma * rstd * (da - w * (sum(da) / N + xhat * sum(da * xhat) / (N - 1))).
+    Under torchrun, N and both sums are the global batch's (all ranks'), as in the statistics.
     Training mode updates the running statistics as `layers.BatchNorm` does; eval mode
     normalizes with them (no gradient through the statistics)."""
 
@@ -134,6 +137,8 @@ class FusedTree(torch.autograd.Function):
         R, N = len(batch.ids), float(batch.n_targets)
         w = batch.weight.to(wte.dtype)
         w_mean, w_var = w / N, w / (N - 1)  # the weighted mean and the unbiased variance, as dot products
+        group = distributed.active() if training else None  # under torchrun: statistics of all ranks' rows
+        N_bn = distributed.all_reduce_(w.new_tensor([N], dtype=torch.float64)).item() if group else N
         saved, stats, x = [], [], None
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
@@ -142,7 +147,11 @@ class FusedTree(torch.autograd.Function):
             source, pairs = (wte, batch.first_pairs) if level == 0 else (x, batch.pairs[level])
             p = source.index_select(0, pairs).view(R, 2 * C)
             h = torch.mm(p, W.t())  # (R, H)
-            if training:
+            if training and group is not None:
+                mean, var = distributed.moments(h, w)
+                hc = h.sub_(mean)
+                stats.append((mean, var))
+            elif training:
                 mean = torch.mv(h.t(), w_mean)
                 hc = h.sub_(mean)
                 var = torch.mv(hc.square().t(), w_var)
@@ -161,7 +170,7 @@ class FusedTree(torch.autograd.Function):
                     norm.running_var.lerp_(var, norm.momentum)
         logp = torch.log_softmax(torch.addmm(head_b, x, head_w.t()), 1)  # (R, V)
         loss = logp.view(-1).index_select(0, batch.targets).sum().div_(-N)
-        ctx.batch, ctx.training, ctx.N = batch, training, N
+        ctx.batch, ctx.training, ctx.N, ctx.N_bn, ctx.group = batch, training, N, N_bn, group
         ctx.save_for_backward(logp, w, wte, head_w, *layer_params, *saved)
         ctx.mark_non_differentiable(logp)
         return loss, logp
@@ -187,7 +196,11 @@ class FusedTree(torch.autograd.Function):
             da = torch.ops.aten.tanh_backward(dx, y)
             dbeta, dgamma = da.sum(0), (da * xhat).sum(0)
             if ctx.training:  # through the batch statistics too: da - w * (u + xhat * v), in place
-                u, v = dbeta / N, dgamma / (N - 1)
+                if ctx.group is None:
+                    u, v = dbeta / N, dgamma / (N - 1)
+                else:  # the sums over the global batch; dbeta, dgamma stay this rank's (DDP sums those)
+                    sums = distributed.all_reduce_(torch.cat([dbeta, dgamma]))
+                    u, v = sums[:H] / ctx.N_bn, sums[H:] / (ctx.N_bn - 1)
                 odd = batch.odd_rows  # the few rows whose weight is not 1 (row 0, ignored targets)
                 fix = torch.addcmul(u, xhat.index_select(0, odd), v).mul_(batch.odd_extra[:, None])
                 dh = da.sub_(u).addcmul_(xhat, v, value=-1).index_add_(0, odd, fix, alpha=-1)

@@ -18,7 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
+from . import distributed
 from .data import build_windows, pad_names
+from .distributed import Group, share
 from .errors import WavenetError
 from .packed import pack, packed_rows
 
@@ -39,16 +41,22 @@ def learning_rate_at(cfg: TrainConfig, step: int) -> float:
 
 class WindowBatches:
     """The lecture's batches: `batch_size` windows drawn uniformly, with replacement, from
-    one torch.Generator (the same stream that initialised the model, as in the lecture)."""
+    one torch.Generator (the same stream that initialised the model, as in the lecture).
+
+    With a process `group` (torchrun), every rank draws the same batch and keeps its share
+    (distributed.share). `counts`: (targets in this rank's share, in the whole batch) of the
+    last batch; every window is one target."""
 
     def __init__(self, X: torch.Tensor, Y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 device="cpu"):
+                 device="cpu", group: Group | None = None):
         self.X, self.Y = X.to(device), Y.to(device)
-        self.batch_size, self.generator, self.device = batch_size, generator, device
+        self.batch_size, self.generator, self.device, self.group = batch_size, generator, device, group
+        self.counts = (batch_size, batch_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         ix = torch.randint(0, self.X.shape[0], (self.batch_size,), generator=self.generator)
-        ix = ix.to(self.device)
+        ix = ix[share(self.batch_size, self.group)].to(self.device)  # this rank's windows of the batch
+        self.counts = (len(ix), self.batch_size)
         return self.X[ix], self.Y[ix]
 
     def state_dict(self) -> dict:
@@ -67,6 +75,8 @@ class NameBatches:
     makes each batch's BatchNorm statistics specific to one length, and the model learns to
     read them (docs/whole-name-training.md); 0, the default, keeps batches random.
     The batch of step s depends only on (seed, s), so resuming needs nothing but the step.
+    With a process `group` (torchrun), every rank plans the same batches and takes its
+    contiguous share of each; `counts`: (targets in this rank's share, in the whole batch).
 
     `packed` (the default): `next()` returns (`packed.PackedNames`, None), the fused
     training step's layout, built from names encoded once per run; False: `pad_names`
@@ -75,9 +85,10 @@ class NameBatches:
     """
 
     def __init__(self, words, vocab, block_size: int, batch_size: int, seed: int, device="cpu",
-                 group_by_length: int = 0, packed: bool = True, dilations=None):
+                 group_by_length: int = 0, packed: bool = True, dilations=None, group: Group | None = None):
         self.words, self.vocab, self.block_size = list(words), vocab, block_size
-        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.batch_size, self.seed, self.device, self.group = batch_size, seed, device, group
+        self.counts = (0, 0)
         self.group_by_length, self.packed, self.dilations = group_by_length, packed, dilations
         self.per_epoch = -(-len(self.words) // batch_size)
         self.step, self._epoch, self._plan = 0, None, None
@@ -107,6 +118,10 @@ class NameBatches:
 
     def next(self):
         chosen = self.next_names()
+        targets = [len(self.words[j]) + 1 for j in chosen]
+        part = share(len(chosen), self.group)  # this rank's names of the batch
+        chosen = chosen[part]
+        self.counts = (sum(targets[part]), sum(targets))
         if not self.packed:
             X, Y = pad_names([self.words[j] for j in chosen], self.vocab, self.block_size)
             return X.to(self.device), Y.to(self.device)
@@ -124,14 +139,19 @@ class NameBatches:
         self.step = state["step"]
 
 
-def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generator, device="cpu"):
+def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generator, device="cpu",
+                 group: Group | None = None):
     """The batch source a model trains on: whole names for the conv, the lecture's random
-    windows (drawn from `generator`, the stream that initialised the model) for the MLP."""
+    windows (drawn from `generator`, the stream that initialised the model) for the MLP;
+    this rank's share of each batch under torchrun (`group`)."""
+    if group is not None and cfg.batch_size < group.world_size:
+        raise WavenetError(f"batch_size {cfg.batch_size} is smaller than the {group.world_size} processes: "
+                           "each needs a share of every batch", param="batch_size")
     if model.kind == "mlp":
         X, Y = build_windows(words, vocab, model.block_size)
-        return WindowBatches(X, Y, cfg.batch_size, generator, device)
+        return WindowBatches(X, Y, cfg.batch_size, generator, device, group)
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length, dilations=model.dilations)
+                       group_by_length=cfg.group_by_length, dilations=model.dilations, group=group)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -159,37 +179,53 @@ class LoopResult:
 
 
 def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int = 0, lossi: list | None = None,
-               on_interval: Callable[[int], None] | None = None, progress: bool = True) -> LoopResult:
+               on_interval: Callable[[int], None] | None = None, progress: bool = True,
+               ddp=None) -> LoopResult:
     """Run steps start_step .. cfg.max_steps - 1. `lossi` collects log10(loss) per step, as
     in the lecture. `on_interval(step)` is called every cfg.eval_interval steps (for val
-    loss and checkpoints). Ctrl-C finishes the current step and returns interrupted=True,
-    so the caller can save a checkpoint that resumes exactly; a second Ctrl-C aborts.
+    loss and checkpoints). Ctrl-C or SIGTERM finishes the current step and returns
+    interrupted=True, so the caller can save a checkpoint that resumes exactly; a second
+    Ctrl-C aborts (one process only: torchrun forwards the terminal's Ctrl-C to its workers
+    again, so there every signal means "stop after this step").
+
+    Under torchrun (`ddp`: the model wrapped in DistributedDataParallel), each rank's loss
+    is its share of the global batch's mean; one small all-reduce per step gives every
+    rank the global loss and whether any rank was asked to stop, so all stop at one step.
     """
     lossi = [] if lossi is None else lossi
+    group = distributed.active()
+    forward = model if ddp is None else ddp
     stop = {"asked": False}
 
-    def on_sigint(signum, frame):
-        if stop["asked"]:
+    def on_signal(signum, frame):
+        if stop["asked"] and signum == signal.SIGINT and group is None:
             raise KeyboardInterrupt
         stop["asked"] = True
 
     # signal handlers can only be installed from the main thread (not, say, a notebook worker)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
                mininterval=0.5)
-    step = start_step
+    step, stopping = start_step, False  # stopping: agreed by every rank (one process: asked)
     model.train()
     try:
-        while step < cfg.max_steps and not stop["asked"]:
+        while step < cfg.max_steps and not stopping and not (group is None and stop["asked"]):
             X, Y = batches.next()
-            _, loss = model(X, Y)
-            value = loss.item()
+            _, loss = forward(X, Y)
+            if group is None:
+                value = loss.item()
+            else:
+                n_local, n_all = batches.counts
+                shared = torch.stack([loss.detach().double() * (n_local / n_all),
+                                      loss.new_tensor(float(stop["asked"]), dtype=torch.float64)])
+                value, stopping = distributed.all_reduce_(shared).tolist()
+                loss = loss * (n_local / n_all * group.world_size)  # DDP averages: N x this rank's share
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at step {step + 1}: try a lower learning_rate",
                                param="learning_rate")
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(cfg, step)
+            for g in optimizer.param_groups:
+                g["lr"] = learning_rate_at(cfg, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -207,9 +243,10 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
                     model.train()
     finally:
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    return LoopResult(step=step, interrupted=stop["asked"] and step < cfg.max_steps)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    asked = stopping if group is not None else stop["asked"]
+    return LoopResult(step=step, interrupted=bool(asked) and step < cfg.max_steps)
 
 
 def check_finite(model, step: int) -> None:
