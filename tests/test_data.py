@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from wavenet.data import Vocab, build_windows, load_words, split_words
+from wavenet.data import Vocab, build_windows, load_words, pad_names, split_words
 from wavenet.errors import DataError, WavenetError
 
 
@@ -40,6 +40,21 @@ def test_split_and_windows_are_the_lectures(names, vocab):
     assert shown == ["........ --> y", ".......y --> u", "......yu --> h", ".....yuh --> e",
                      "....yuhe --> n", "...yuhen --> g", "..yuheng --> .", "........ --> d"]
     assert train[:2] == ["yuheng", "diondre"]
+
+
+def test_windows_are_the_lectures_loop(names, vocab):
+    """build_windows (tensors) against the lecture's loop, on every name, for three contexts."""
+    for block_size in (1, 3, 8):
+        X, Y = [], []
+        for w in names:
+            context = [0] * block_size
+            for ch in w + ".":
+                ix = vocab.stoi.get(ch, 0)
+                X.append(context)
+                Y.append(ix)
+                context = context[1:] + [ix]
+        Xw, Yw = build_windows(names, vocab, block_size)
+        assert Xw.tolist() == X and Yw.tolist() == Y
 
 
 def test_windows_count_every_target(vocab):
@@ -101,3 +116,25 @@ def test_load_words_refuses_a_huge_line(tmp_path):
 def test_too_few_words_to_split():
     with pytest.raises(DataError, match="too few"):
         split_words(["a", "b", "c", "d", "e"])
+
+
+def test_encode_all_is_encode_word_by_word(names):
+    words = names[:3000] + ["a.b c", "ü", "", "日本"]
+    vocab = Vocab.from_words(words)
+    ids, lengths = vocab.encode_all(words)
+    assert ids.tolist() == [i for w in words for i in vocab.encode(w)]
+    assert lengths.tolist() == [len(w) for w in words]
+    with pytest.raises(WavenetError, match="characters not in the vocabulary: 'Z', '€'"):
+        vocab.encode_all(["ab", "aZ€"])
+
+
+def test_pad_names_is_the_loop_it_replaced(names, vocab):
+    """Each row: block_size boundary ids, the word, right padding 0; targets the word, 0, then -1."""
+    words = names[:700:7] + ["a"]
+    X, Y = pad_names(words, vocab, 8)
+    L = max(map(len, words))
+    assert X.shape == (len(words), 8 + L) and Y.shape == (len(words), L + 1)
+    for x, y, w in zip(X.tolist(), Y.tolist(), words):
+        ids = vocab.encode(w)
+        assert x == [0] * 8 + ids + [0] * (L - len(ids))
+        assert y == ids + [0] + [-1] * (L - len(ids))

@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
+from wavenet.config import TrainConfig
+from wavenet.data import build_windows
 from wavenet.distributed import Group, moments, share
 from wavenet.models import ConvWaveNet
 from wavenet.rundir import RunDir
 from wavenet.train import NameBatches, WindowBatches, make_batches
-from wavenet.config import TrainConfig
-from wavenet.data import build_windows, pad_names
 
 TOL = 1e-5  # float32, after 30 steps: the issue's bound
 
@@ -49,8 +49,9 @@ def group_of():
         for r in range(world):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
                        WORLD_SIZE=str(world), LOCAL_RANK=str(r), OMP_NUM_THREADS="1")
-            started.append(subprocess.Popen([sys.executable, "-m", "wavenet", *map(str, argv_of_rank(r))],
-                                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            cmd = [sys.executable, "-m", "wavenet", *map(str, argv_of_rank(r))]
+            started.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True))
         procs.extend(started)
         return started
 
@@ -104,11 +105,13 @@ def test_every_rank_takes_its_share_of_the_same_batch(names, vocab):
     words = names[:500]
     X, Y = build_windows(words, vocab, 8)
     single = WindowBatches(X, Y, 32, torch.Generator().manual_seed(3))
-    ranks = [WindowBatches(X, Y, 32, torch.Generator().manual_seed(3), group=Group(r, 3, r)) for r in range(3)]
+    ranks = [WindowBatches(X, Y, 32, torch.Generator().manual_seed(3), group=Group(r, 3, r))
+             for r in range(3)]
     for _ in range(4):
         Xs, Ys = single.next()
         parts = [b.next() for b in ranks]
-        assert torch.equal(torch.cat([p[0] for p in parts]), Xs) and torch.equal(torch.cat([p[1] for p in parts]), Ys)
+        assert torch.equal(torch.cat([p[0] for p in parts]), Xs)
+        assert torch.equal(torch.cat([p[1] for p in parts]), Ys)
         assert [b.counts for b in ranks] == [(10, 32), (11, 32), (11, 32)]
 
     def rows(batch):  # the names a padded batch holds, in order
@@ -128,7 +131,8 @@ def test_every_rank_takes_its_share_of_the_same_batch(names, vocab):
 def test_a_batch_smaller_than_the_group_is_refused(names, vocab):
     model = ConvWaveNet(len(vocab))
     with pytest.raises(Exception, match="batch_size 2 is smaller than the 3 processes"):
-        make_batches(model, names[:100], vocab, TrainConfig(batch_size=2), torch.Generator(), group=Group(0, 3, 0))
+        make_batches(model, names[:100], vocab, TrainConfig(batch_size=2), torch.Generator(),
+                     group=Group(0, 3, 0))
 
 
 def test_moments_without_a_group_are_the_batch_statistics():
@@ -185,24 +189,27 @@ def test_two_processes_train_what_one_does(kind, flags, data_file, tmp_path, cli
                for d in ("one", "two")]
     assert [m["step"] for m in metrics[1]] == [10, 20, 30]  # written once, by rank 0
     for a, b in zip(*metrics):
-        assert abs(a["val_loss"] - b["val_loss"]) < TOL and abs(a["train_loss_recent"] - b["train_loss_recent"]) < TOL
+        assert abs(a["val_loss"] - b["val_loss"]) < TOL
+        assert abs(a["train_loss_recent"] - b["train_loss_recent"]) < TOL
     assert "2 processes" in out0 and out1 == "" and "Traceback" not in err1
-    losses = [[float(line.split()[-1]) for line in out.splitlines() if line.startswith(("train loss", "val loss"))]
-              for out in (out_one, out0)]
+    losses = [[float(line.split()[-1]) for line in out.splitlines()
+               if line.startswith(("train loss", "val loss"))] for out in (out_one, out0)]
     assert len(losses[1]) == 2 and all(abs(a - b) < TOL for a, b in zip(*losses))
     assert len(two["rank_rngs"]) == 2 and "rank_rngs" not in one
 
 
-def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp_path, cli, copy_checkpoint_at):
+def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp_path, cli,
+                                                                   copy_checkpoint_at):
     """The real launcher: a conv run stopped at step 20 (by one process) resumes under
     `torchrun --standalone --nproc_per_node 2` and ends where one uninterrupted process does."""
-    argv = ["train", "-i", data_file, "--max-steps", "40", "--eval-interval", "10", "--no-progress", "-n", "0"]
+    argv = ["train", "-i", data_file, "--max-steps", "40", "--eval-interval", "10", "--no-progress",
+            "-n", "0"]
     with copy_checkpoint_at(20, tmp_path / "resumed"):
         code, _, err = cli(*argv, "-o", tmp_path / "straight")
     assert code == 0, err
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "wavenet", *map(str, argv), "-o", tmp_path / "resumed", "--resume"],
-                          capture_output=True, text=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*torchrun, "-m", "wavenet", *map(str, argv), "-o", tmp_path / "resumed",
+                           "--resume"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout and "at step 20" in proc.stdout and "2 processes" in proc.stdout
     straight, resumed = RunDir(tmp_path / "straight").load(), RunDir(tmp_path / "resumed").load()
@@ -211,30 +218,32 @@ def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_to_the_group_saves_one_checkpoint_and_every_rank_exits_130(sig, data_file, tmp_path, group_of):
+def test_a_signal_to_the_group_saves_one_checkpoint_and_every_rank_exits_130(sig, data_file, tmp_path,
+                                                                              group_of):
     """Ctrl-C (SIGINT to every process, as a terminal sends it) or SIGTERM: all ranks stop at
     the same step, rank 0 writes that step's checkpoint, all exit 130; two ranks resume it
-    (each with its own dropout stream: a gated WaveNet with dropout)."""
-    work = tmp_path / "run"
-    argv = ["train", "-i", data_file, "-o", work, "--model", "wavenet", "--n-residual", "16", "--n-skip", "16",
-            "--max-steps", "1000000", "--eval-interval", "5", "--no-progress"]
-    for round in range(2):
-        procs = group_of(lambda r: [*argv, *(["--resume"] if round else [])])
-        _wait_for(work / "metrics.jsonl", procs)
-        if round:  # wait for the resumed run's first checkpoint
-            while len((work / "metrics.jsonl").read_text().splitlines()) <= step // 5:
-                assert all(p.poll() is None for p in procs)
-                time.sleep(0.01)
+    (each with its own dropout stream: a gated WaveNet with dropout) and stop again later."""
+    work, metrics = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
+    argv = ["train", "-i", data_file, "-o", work, "--model", "wavenet", "--n-residual", "16",
+            "--n-skip", "16", "--max-steps", "1000000", "--eval-interval", "5", "--no-progress"]
+    step = 0
+    for resume in ([], ["--resume"]):
+        procs = group_of(lambda r: [*argv, *resume])  # noqa: B023 (called at once)
+        _wait_for(metrics, procs)
+        while len(metrics.read_text().splitlines()) <= step // 5:  # the resumed run's first val
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.01)
         for p in procs:
             p.send_signal(sig)
         (c0, out0, err0), (c1, out1, err1) = _finish(procs)
         assert c0 == 130 and c1 == 130, err0 + err1
         ckpt = RunDir(work).load()
-        if round:
-            assert f"resuming {work} at step {step:,}" in out0 and ckpt["step"] > step
+        if resume:
+            assert f"resuming {work} at step {step:,}" in out0
+        assert ckpt["step"] > step and f"interrupted at step {ckpt['step']:,}" in out0 and out1 == ""
         step = ckpt["step"]
-        assert f"interrupted at step {step:,}" in out0 and out1 == ""
-        assert len(ckpt["rank_rngs"]) == 2 and not torch.equal(ckpt["rank_rngs"][0]["cpu"], ckpt["rank_rngs"][1]["cpu"])
+        rngs = ckpt["rank_rngs"]
+        assert len(rngs) == 2 and not torch.equal(rngs[0]["cpu"], rngs[1]["cpu"])
         assert not list(work.glob("*.tmp"))
 
 

@@ -181,14 +181,15 @@ def _wait_for_a_save(proc, path, before, timeout=300):
         time.sleep(0.01)
 
 
-def test_ctrl_c_saves_and_exits_130(tmp_path, tiny_file):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_and_exits_130(sig, tmp_path, tiny_file):
     rng = random.Random(0)
     work = tmp_path / "run"
     path = work / "checkpoint.pt"
     proc = _spawn(tiny_file, work)
     _wait_for_a_save(proc, path, None)  # training is under way, its Ctrl-C handler installed
     time.sleep(rng.uniform(0, 0.3))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     step = load(work)["step"]
@@ -197,7 +198,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, tiny_file):
     proc = _spawn(tiny_file, work, "--resume")
     _wait_for_a_save(proc, path, before)  # the resumed loop has saved
     time.sleep(rng.uniform(0, 0.3))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and f"resuming {work} at step {step:,}" in out, err
     assert load(work)["step"] > step

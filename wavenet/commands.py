@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import model_from_checkpoint, model_state
 from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES, TrainConfig, config_from_record, model_config
 from .data import Vocab, load_words, split_words
-from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
-from . import distributed
 from .distributed import GroupError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
 from .evaluate import eval_batches, sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split

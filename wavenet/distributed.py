@@ -64,7 +64,8 @@ def environment() -> tuple[int, int, int] | None:
     try:
         values = tuple(int(os.environ.get(name, "0")) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     except ValueError:
-        raise WavenetError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+        raise WavenetError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)"
+                           ) from None
     rank, world_size, local_rank = values
     if not 0 <= rank < world_size:
         raise WavenetError(f"RANK {rank} is outside WORLD_SIZE {world_size}")

@@ -17,12 +17,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
 from . import distributed
+from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
 from .data import build_windows, pad_names
 from .distributed import Group, share
 from .errors import WavenetError
-from .packed import pack, packed_rows
+from .packed import pack
 
 
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
@@ -93,7 +93,7 @@ class NameBatches:
         self.per_epoch = -(-len(self.words) // batch_size)
         self.step, self._epoch, self._plan = 0, None, None
         if packed:  # every name's ids, once: (all characters, lengths, where each begins)
-            self._chars, self._lengths = packed_rows([vocab.encode(w) for w in self.words])
+            self._chars, self._lengths = vocab.encode_all(self.words)
             self._starts = torch.cumsum(self._lengths, 0) - self._lengths
 
     def _make_plan(self, epoch: int) -> list[list[int]]:
@@ -204,7 +204,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
 
     # signal handlers can only be installed from the main thread (not, say, a notebook worker)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
                mininterval=0.5)
     step, stopping = start_step, False  # stopping: agreed by every rank (one process: asked)
