@@ -141,7 +141,7 @@ def config_from_record(record: dict):
 
 # ----------------------------------------------------------------------------- training
 
-SCHEDULES, OPTIMIZERS = ("step", "cosine"), ("sgd", "adamw")
+SCHEDULES, OPTIMIZERS, DTYPES = ("step", "cosine"), ("sgd", "adamw"), ("float32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,9 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata=_help("clip the gradient's norm to this (0: off)", "NORM"))
     seed: int = field(default=42, metadata=_help("seeds the init, the batches and the samples"))
     eval_interval: int = field(default=10_000, metadata=_help("steps between val loss and checkpoint"))
+    dtype: str = field(default="float32", metadata=_help(
+        "float32, or bf16: the training step's forward pass under bfloat16 autocast (for CUDA; the "
+        "weights, the optimizer and evaluation stay float32)", "DTYPE"))
     group_by_length: int = field(default=0, metadata=_help(
         "conv: length-sort names within chunks of K batches (less padding, worse BatchNorm)", "K"))
 
@@ -183,7 +186,7 @@ class TrainConfig:
         _at_least(self, "warmup", 0)
         _at_least(self, "grad_clip", 0)
         _at_least(self, "weight_decay", 0)
-        for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+        for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise WavenetError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'",
                                    param=name)

@@ -38,6 +38,7 @@ class BatchNorm(nn.Module):
         buffers."""
         if not self.training:
             return self.running_mean, self.running_var
+        rows = rows.to(self.running_mean.dtype)  # bf16 under autocast: statistics in the buffers' float32
         if distributed.active() is not None:  # the whole global batch's, across ranks
             mean, var = distributed.moments(rows, differentiable=True)
         else:

@@ -220,9 +220,12 @@ class FusedTree(torch.autograd.Function):
 
 def fused_forward(model, batch: PackedNames):
     """(logp (R, V), mean loss over the batch's real targets) for ConvWaveNet `model`.
-    logp holds log-probabilities per packed row; it carries no gradient."""
+    logp holds log-probabilities per packed row; it carries no gradient. Always float32, also
+    under bf16 autocast (the conv's step is small; its arithmetic is exact as written)."""
     params = [t for conv, norm in zip(model.fuse, model.norm) for t in (conv.weight, norm.weight, norm.bias)]
-    loss, logp = FusedTree.apply(batch, model.training, list(model.norm), model.wte.weight,
-                                 model.head.weight, model.head.bias, *params)
+    # the hand-written backward expects the forward's float32 arithmetic: no autocast inside
+    with torch.autocast(model.wte.weight.device.type, enabled=False):
+        loss, logp = FusedTree.apply(batch, model.training, list(model.norm), model.wte.weight,
+                                     model.head.weight, model.head.bias, *params)
     return logp, loss
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -188,6 +189,9 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     Ctrl-C aborts (one process only: torchrun forwards the terminal's Ctrl-C to its workers
     again, so there every signal means "stop after this step").
 
+    cfg.dtype "bf16": the forward pass runs under bfloat16 autocast (the backward pass follows
+    it); parameters, gradients and the optimizer stay float32.
+
     Under torchrun (`ddp`: the model wrapped in DistributedDataParallel), each rank's loss
     is its share of the global batch's mean; one small all-reduce per step gives every
     rank the global loss and whether any rank was asked to stop, so all stop at one step.
@@ -196,6 +200,9 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     group = distributed.active()
     forward = model if ddp is None else ddp
     stop = {"asked": False}
+    device_type = next(model.parameters()).device.type
+    bf16 = cfg.dtype == "bf16"
+    autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     def on_signal(signum, frame):
         if stop["asked"] and signum == signal.SIGINT and group is None:
@@ -213,7 +220,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     try:
         while step < cfg.max_steps and not stopping and not (group is None and stop["asked"]):
             X, Y = batches.next()
-            _, loss = forward(X, Y)
+            with autocast():
+                _, loss = forward(X, Y)
             if group is None:
                 value = loss.item()
             else:
