@@ -48,7 +48,8 @@ def group_of():
         started = []
         for r in range(world):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                       WORLD_SIZE=str(world), LOCAL_RANK=str(r), OMP_NUM_THREADS="1")
+                       WORLD_SIZE=str(world), LOCAL_RANK=str(r), OMP_NUM_THREADS="1",
+                       PYTHONFAULTHANDLER="1")  # an abort shows where
             cmd = [sys.executable, "-m", "wavenet", *map(str, argv_of_rank(r))]
             started.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True))

@@ -48,15 +48,18 @@ def train(args) -> int:
         raise WavenetError(f"dist_timeout must be a positive number of seconds, got {args.dist_timeout}",
                            param="dist_timeout")
     group, device = distributed.setup(resolve_device(args.device), args.dist_timeout)  # None: one process
+    clean = False
     try:
-        return _train(args, device, group)
+        code = _train(args, device, group)
+        clean = True
+        return code
     except (RuntimeError, OSError) as e:
         if group is None or not _is_group_failure(e):
             raise
         raise GroupError(f"rank {group.rank} of {group.world_size}: the process group failed, so this rank "
                          f"stops ({distributed.first_line(e)}); {_kept(RunDir(args.work_dir))}") from None
     finally:
-        distributed.teardown()
+        distributed.teardown(clean)
 
 
 def _is_group_failure(e: BaseException) -> bool:

@@ -25,6 +25,7 @@ raises `GroupError`: one line, exit 1, instead of a hang.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -94,12 +95,23 @@ def setup(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[Group | No
     return _GROUP, device
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the group. `clean` (every rank got here without an error): wait for all, so no
+    rank closes its connections while another still uses them. The collectives' last
+    users (DDP's reducer, pending work) are collected first: one left alive until the
+    interpreter exits would end the process with an abort instead of its exit code."""
     global _GROUP
-    if _GROUP is not None:
+    if _GROUP is None:
+        return
+    gc.collect()
+    try:
+        if clean:
+            barrier()
+    finally:
         _GROUP = None
         if dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
 
 
 def active() -> Group | None:
@@ -142,14 +154,23 @@ def moments(rows: torch.Tensor, weight: torch.Tensor | None = None, differentiab
         n, s, ss = w.sum().view(1), w @ x, w @ x.square()
     C = rows.shape[1]
     total = torch.cat([n, s, ss])
-    if differentiable:
-        import torch.distributed.nn.functional as dfn
-        total = dfn.all_reduce(total)
-    else:
-        all_reduce_(total)
+    total = _SumAcrossRanks.apply(total) if differentiable else all_reduce_(total)
     n, mean = total[0], total[1:C + 1] / total[0]
     var = (total[C + 1:] - n * mean.square()) / (n - 1)
     return mean.to(rows.dtype), var.to(rows.dtype)
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """y = the sum of x over ranks; in the backward pass, each rank's x receives the sum of
+    every rank's gradient of y (each rank's loss depends on every rank's x through y)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return all_reduce_(x.clone())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_(grad.clone())
 
 
 def agree(ok: bool) -> bool:

@@ -38,7 +38,9 @@ class PackedNames:
     odd_rows: the rows whose weight is not 1 (row 0, rows without a target), odd_extra: their
     weight - 1 (the backward pass treats every row as weight 1, then corrects these).
     targets (N,): flat indices row * V + target of every real target, in `pad_names` order
-    (Y[Y != -1]: name by name, output 0 first). `n_names`, `n_targets`: for rates and reporting."""
+    (Y[Y != -1]: name by name, output 0 first). `n_names`, `n_targets`: for rates and reporting.
+    n_group_targets: under torchrun, the real targets of the whole global batch, this share
+    one of N (BatchNorm's count; None: summed across ranks when needed)."""
 
     ids: torch.Tensor
     pairs: list[torch.Tensor]
@@ -49,6 +51,7 @@ class PackedNames:
     odd_extra: torch.Tensor
     n_names: int
     n_targets: int
+    n_group_targets: int | None = None
 
     def to(self, device) -> PackedNames:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,7 +141,8 @@ class FusedTree(torch.autograd.Function):
         w = batch.weight.to(wte.dtype)
         w_mean, w_var = w / N, w / (N - 1)  # the weighted mean and the unbiased variance, as dot products
         group = distributed.active() if training else None  # under torchrun: statistics of all ranks' rows
-        N_bn = distributed.all_reduce_(w.new_tensor([N], dtype=torch.float64)).item() if group else N
+        N_bn = N if group is None else float(batch.n_group_targets or
+                                             distributed.all_reduce_(w.new_tensor([N], dtype=torch.float64)))
         saved, stats, x = [], [], None
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]

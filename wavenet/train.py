@@ -131,6 +131,8 @@ class NameBatches:
         shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
         chars = self._chars[torch.arange(len(shift)) + shift]
         batch = pack(chars, lengths, self.block_size, len(self.vocab), dilations=self.dilations)
+        if self.group is not None:
+            batch.n_group_targets = self.counts[1]
         return batch.to(self.device), None
 
     def state_dict(self) -> dict:
@@ -194,7 +196,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
 
     Under torchrun (`ddp`: the model wrapped in DistributedDataParallel), each rank's loss
     is its share of the global batch's mean; one small all-reduce per step gives every
-    rank the global loss and whether any rank was asked to stop, so all stop at one step.
+    rank the global loss and whether any rank was asked to stop, so all stop at one step
+    (it runs during the backward pass; a non-finite loss still stops before the update).
     """
     lossi = [] if lossi is None else lossi
     group = distributed.active()
@@ -223,20 +226,21 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             with autocast():
                 _, loss = forward(X, Y)
             if group is None:
-                value = loss.item()
-            else:
+                check_loss(value := loss.item(), step)
+            else:  # the global loss and the stop flag, summed while the backward pass runs
                 n_local, n_all = batches.counts
                 shared = torch.stack([loss.detach().double() * (n_local / n_all),
                                       loss.new_tensor(float(stop["asked"]), dtype=torch.float64)])
-                value, stopping = distributed.all_reduce_(shared).tolist()
+                summing = torch.distributed.all_reduce(shared, async_op=True)
                 loss = loss * (n_local / n_all * group.world_size)  # DDP averages: N x this rank's share
-            if not math.isfinite(value):
-                raise Diverged(f"loss became {value} at step {step + 1}: try a lower learning_rate",
-                               param="learning_rate")
             for g in optimizer.param_groups:
                 g["lr"] = learning_rate_at(cfg, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if group is not None:
+                summing.wait()
+                value, stopping = shared.tolist()
+                check_loss(value, step)  # on every rank alike, before the update
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             optimizer.step()
@@ -256,6 +260,12 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             signal.signal(sig, handler)
     asked = stopping if group is not None else stop["asked"]
     return LoopResult(step=step, interrupted=bool(asked) and step < cfg.max_steps)
+
+
+def check_loss(value: float, step: int) -> None:
+    if not math.isfinite(value):
+        raise Diverged(f"loss became {value} at step {step + 1}: try a lower learning_rate",
+                       param="learning_rate")
 
 
 def check_finite(model, step: int) -> None:
