@@ -54,20 +54,12 @@ def train(args) -> int:
         clean = True
         return code
     except (RuntimeError, OSError) as e:
-        if group is None or not _is_group_failure(e):
+        if group is None or not distributed.is_group_failure(e):
             raise
         raise GroupError(f"rank {group.rank} of {group.world_size}: the process group failed, so this rank "
                          f"stops ({distributed.first_line(e)}); {_kept(RunDir(args.work_dir))}") from None
     finally:
         distributed.teardown(clean)
-
-
-def _is_group_failure(e: BaseException) -> bool:
-    """A collective's failure (a peer died or hung), not a bug of ours."""
-    import torch.distributed as dist
-    text = str(e).lower()
-    return isinstance(e, dist.DistError) or any(word in text for word in (
-        "gloo", "nccl", "connection", "timed out", "timeout", "peer", "broken pipe"))
 
 
 def _train(args, device: str, group) -> int:
@@ -98,14 +90,14 @@ def _train(args, device: str, group) -> int:
         batches = make_batches(model, train_words, vocab, cfg, generator, device, group)
         ok = True
     finally:
-        _all_started(group, ok)
+        distributed.all_started(ok)
     ok = False
     try:
         if main:
             run.create(resume=args.resume)
         ok = True
     finally:
-        _all_started(group, ok)
+        distributed.all_started(ok)
     optimizer = make_optimizer(model, cfg)
     step, lossi, best = 0, [], None
     rank = 0 if group is None else group.rank
@@ -194,13 +186,6 @@ def _kept(run: RunDir, good: str = "") -> str:
     if not run.checkpoint.exists():
         return "no checkpoint was written"
     return f"the last {good}checkpoint is kept: {run.checkpoint} (step {run.load()['step']:,})"
-
-
-def _all_started(group, ok: bool) -> None:
-    """Every rank learns whether all of them got this far; one that did not has printed
-    its own error, and the others stop too instead of waiting for it."""
-    if group is not None and not distributed.agree(ok) and ok:
-        raise WavenetError("another process of the group could not start (its error is above)")
 
 
 def _rng_state(device: str) -> dict:

@@ -182,6 +182,20 @@ def agree(ok: bool) -> bool:
     return flag.item() == 0
 
 
+def all_started(ok: bool) -> None:
+    """Every rank learns whether all of them got this far (a collective). One that did not
+    has printed its own error; the others stop too, instead of waiting for it."""
+    if _GROUP is not None and not agree(ok) and ok:
+        raise WavenetError("another process of the group could not start (its error is above)")
+
+
+def is_group_failure(e: BaseException) -> bool:
+    """Whether an error is a collective's failure (a peer died or hung), not a bug."""
+    text = str(e).lower()
+    return isinstance(e, dist.DistError) or any(word in text for word in (
+        "gloo", "nccl", "connection", "timed out", "timeout", "peer", "broken pipe"))
+
+
 def gather_object(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank (a collective)."""
     if _GROUP is None:
