@@ -182,3 +182,27 @@ def test_bf16_autocast_trains_in_float32_weights(kind, flags, tmp_path, names_pa
     else:
         assert 0 < diff < 0.1, diff
         assert abs(runs["float32"]["lossi"][-1] - runs["bf16"]["lossi"][-1]) < 0.01
+
+
+def test_the_train_loss_of_a_big_split_is_a_seeded_sample_said_so(tmp_path, tiny_file, cli, tiny_flags,
+                                                                   monkeypatch):
+    """Above TRAIN_SAMPLE train names (50,000; 20 here), training's end and `eval` score the
+    same seeded sample of train and say so; val and test stay whole."""
+    import wavenet.evaluate as evaluate
+    words = [f"w{i}" for i in range(100)]
+    assert evaluate.sample_for_loss(words, 100) == words
+    sample = evaluate.sample_for_loss(words, 30, seed=5)
+    assert len(set(sample)) == 30 and set(sample) < set(words) and sample == sorted(sample, key=words.index)
+    assert sample == evaluate.sample_for_loss(words, 30, seed=5)
+    assert sample != evaluate.sample_for_loss(words, 30, seed=6)
+    monkeypatch.setattr(evaluate, "TRAIN_SAMPLE", 20)
+    code, out, err = cli("train", "-i", tiny_file, "-o", tmp_path / "run", *tiny_flags)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("train loss"))
+    assert line.endswith("(a seeded sample of 20 of 28 train names)")
+    code, out, err = cli("eval", "-o", tmp_path / "run", "--weights", "last")
+    assert code == 0, err
+    rows = {line[:11].strip(): line for line in out.splitlines()}
+    assert rows["train"].endswith("20 names of 28: a seeded sample)")
+    assert line.split()[2] == rows["train"].split()[2]  # the same names scored, the same weights
+    assert rows["val"].endswith(", 3 names)") and rows["test"].endswith(", 4 names)")

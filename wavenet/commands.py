@@ -263,19 +263,24 @@ def sample(args) -> int:
 def evaluate(args) -> int:
     """Loss per split, and on the val and test names that do not occur in train (the data
     may repeat a name: names.txt holds 2,539 twice, so a model can score a held-out name
-    it has memorised)."""
+    it has memorised). Val and test are scored whole; train too, up to 50,000 names, and
+    beyond that over the seeded sample the end of training scores (said so)."""
     device = resolve_device(args.device)
     model, vocab, ckpt = RunDir(args.work_dir).load_model(device, args.weights)
     train_words, val_words, test_words = load_split(ckpt["data"], args.input_file)
     seen = set(train_words)
-    for name, words in (("train", train_words), ("val", val_words), ("test", test_words),
+    seed = ckpt.get("train_config", {}).get("seed", TrainConfig.seed)  # train's sample, as at training's end
+    scored = sample_for_loss(train_words, seed=seed)
+    for name, words in (("train", scored), ("val", val_words), ("test", test_words),
                         ("val unseen", [w for w in val_words if w not in seen]),
                         ("test unseen", [w for w in test_words if w not in seen])):
         if not words:
             print(f"{name:11} loss -       (no names)")
             continue
         loss, targets = split_loss(model, words, vocab, device), sum(len(w) + 1 for w in words)
-        print(f"{name:11} loss {loss:.4f}  ({targets:,} targets, {len(words):,} names)")
+        sampled = words is scored and len(scored) < len(train_words)
+        of = f" of {len(train_words):,}: a seeded sample" if sampled else ""
+        print(f"{name:11} loss {loss:.4f}  ({targets:,} targets, {len(words):,} names{of})")
     return EXIT_OK
 
 

@@ -69,10 +69,11 @@ def shard_batches(batches) -> list:
     return batches if group is None else batches[group.rank::group.world_size]
 
 
-def sample_for_loss(words: Sequence[str], limit: int = TRAIN_SAMPLE, seed: int = 0) -> list[str]:
-    """`words`, or a fixed seeded sample of `limit` of them when there are more: the train
-    loss of a big corpus is estimated, at a cost that does not grow with the corpus (the
-    caller says so); a split of up to `limit` names is scored whole."""
+def sample_for_loss(words: Sequence[str], limit: int | None = None, seed: int = 0) -> list[str]:
+    """`words`, or a fixed seeded sample of `limit` (TRAIN_SAMPLE) of them, in their order,
+    when there are more: the train loss of a big corpus is estimated at a cost that does not
+    grow with the corpus (the caller says so); a split of up to `limit` names is scored whole."""
+    limit = TRAIN_SAMPLE if limit is None else limit
     if len(words) <= limit:
         return list(words)
     g = torch.Generator().manual_seed(seed)
