@@ -277,3 +277,15 @@ def test_a_rank_that_cannot_start_stops_the_group(data_file, tmp_path, group_of)
     assert "missing.txt: no such file" in results[1][2]
     assert "another process of the group could not start" in results[0][2]
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_ranks_reading_different_files_are_refused(data_file, tmp_path, group_of):
+    """Rank 1 reads another file (valid on its own): every rank says so, exit 2, nothing trained."""
+    other = tmp_path / "other.txt"
+    other.write_text(data_file.read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8")
+    results = _finish(group_of(lambda r: ["train", "-i", data_file if r == 0 else other,
+                                          "-o", tmp_path / "run", "--no-progress"]))
+    for code, _, err in results:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "-i/--input-file: the processes of the group read different files" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

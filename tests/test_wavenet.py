@@ -206,6 +206,7 @@ def test_adamw_decays_the_matrices_only():
 @pytest.mark.parametrize("given,message", [
     (dict(optimizer="adam"), "optimizer must be one of sgd, adamw"),
     (dict(schedule="linear"), "schedule must be one of step, cosine"),
+    (dict(dtype="fp16"), "dtype must be one of float32, bf16"),
     (dict(weight_decay=0.1), "weight_decay needs optimizer adamw"),
     (dict(warmup=-1), "warmup must be at least 0"),
     (dict(grad_clip=-1.0), "grad_clip must be at least 0"),

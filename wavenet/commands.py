@@ -91,6 +91,9 @@ def _train(args, device: str, group) -> int:
         ok = True
     finally:
         distributed.all_started(ok)
+    if len(set(distributed.gather_object(data["sha256"]))) > 1:  # every rank, the same file
+        raise WavenetError(f"input_file: the processes of the group read different files (this one: "
+                           f"{input_file})", param="input_file")
     ok = False
     try:
         if main:
