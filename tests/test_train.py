@@ -116,6 +116,18 @@ def test_window_batches_are_the_lectures_draws_and_resume_exactly():
         assert torch.equal(xb, x2) and torch.equal(yb, y2)
 
 
+def test_windows_cut_per_batch_are_the_lectures_windows(names, vocab):
+    """WindowBatches.from_words (what `wavenet train` uses: ids kept flat, windows cut per
+    batch) draws exactly the batches of the materialised build_windows."""
+    X, Y = build_windows(names[:2000], vocab, 8)
+    whole = WindowBatches(X, Y, 32, torch.Generator().manual_seed(42))
+    flat = WindowBatches.from_words(names[:2000], vocab, 8, 32, torch.Generator().manual_seed(42))
+    assert flat.X.untyped_storage().nbytes() < X.numel() * 8 / 4  # not materialised
+    for _ in range(50):
+        (xa, ya), (xb, yb) = whole.next(), flat.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_name_batches_cover_every_name_once_per_epoch_and_resume_exactly():
     words = [w * k for w in WORDS for k in (1, 2, 3)]
     vocab = Vocab.from_words(words)

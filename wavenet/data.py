@@ -172,16 +172,23 @@ def build_windows(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[
     loop (context = [0] * block_size, slid one id at a time), computed with tensors, so a
     corpus of millions of lines costs the tensors and not millions of Python lists.
     """
+    seq, first = window_starts(words, vocab, block_size)
+    return seq.unfold(0, block_size, 1)[first], seq[first + block_size]  # unfold: views, no (N, block) index
+
+
+def window_starts(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of `build_windows` without materialising them: (seq, first), where window
+    i is seq[first[i] : first[i] + block_size] and its target seq[first[i] + block_size].
+    seq holds each word as block_size boundary ids then its ids, word after word, and one
+    last 0: (block_size + 1) ids per word less than the windows themselves."""
     ids, lengths = vocab.encode_all(words)
-    # every word as block_size boundary ids then its ids, word after word, and one 0 at the end
     seq = torch.zeros(len(ids) + block_size * len(lengths) + 1, dtype=torch.long)
     spans = lengths + block_size
     starts = torch.cumsum(spans, 0) - spans  # where each word's boundary prefix begins
     seq[torch.repeat_interleave(starts + block_size, lengths) + _ranges(lengths)] = ids
     # target j of a word (j = 0 .. len) reads seq[start + j : start + j + block_size]; its
     # target sits right after: the word's next id, or, after the last, the next prefix's 0
-    first = torch.repeat_interleave(starts, lengths + 1) + _ranges(lengths + 1)
-    return seq.unfold(0, block_size, 1)[first], seq[first + block_size]  # unfold: views, no (N, block) index
+    return seq, torch.repeat_interleave(starts, lengths + 1) + _ranges(lengths + 1)
 
 
 def _ranges(lengths: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
-from .data import build_windows, pad_names
+from .data import pad_names, window_starts
 from .distributed import Group, share
 from .errors import WavenetError
 from .packed import pack
@@ -49,16 +49,28 @@ class WindowBatches:
     last batch; every window is one target."""
 
     def __init__(self, X: torch.Tensor, Y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 device="cpu", group: Group | None = None):
+                 device="cpu", group: Group | None = None, rows: torch.Tensor | None = None):
         self.X, self.Y = X.to(device), Y.to(device)
+        self.rows = None if rows is None else rows.to(device)
         self.batch_size, self.generator, self.device, self.group = batch_size, generator, device, group
         self.counts = (batch_size, batch_size)
 
+    @classmethod
+    def from_words(cls, words, vocab, block_size: int, batch_size: int, generator: torch.Generator,
+                   device="cpu", group: Group | None = None) -> WindowBatches:
+        """The windows of `build_windows(words, ...)`, drawn alike, but kept as one id per
+        position (`data.window_starts`) and cut out per batch: a big corpus costs ~2 ids per
+        target instead of block_size + 1."""
+        seq, first = window_starts(words, vocab, block_size)
+        seq = seq.to(device)  # then the unfolded view stays a view on the device too
+        return cls(seq.unfold(0, block_size, 1), seq[first.to(device) + block_size], batch_size, generator,
+                   device, group, rows=first)
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(0, self.X.shape[0], (self.batch_size,), generator=self.generator)
+        ix = torch.randint(0, len(self.Y), (self.batch_size,), generator=self.generator)
         ix = ix[share(self.batch_size, self.group)].to(self.device)  # this rank's windows of the batch
         self.counts = (len(ix), self.batch_size)
-        return self.X[ix], self.Y[ix]
+        return self.X[ix if self.rows is None else self.rows[ix]], self.Y[ix]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -151,8 +163,8 @@ def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generat
         raise WavenetError(f"batch_size {cfg.batch_size} is smaller than the {group.world_size} processes: "
                            "each needs a share of every batch", param="batch_size")
     if model.kind == "mlp":
-        X, Y = build_windows(words, vocab, model.block_size)
-        return WindowBatches(X, Y, cfg.batch_size, generator, device, group)
+        return WindowBatches.from_words(words, vocab, model.block_size, cfg.batch_size, generator, device,
+                                        group)
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
                        group_by_length=cfg.group_by_length, dilations=model.dilations, group=group)
 
