@@ -134,10 +134,10 @@ def share(n: int, group: Group | None) -> slice:
     return slice(n * group.rank // group.world_size, n * (group.rank + 1) // group.world_size)
 
 
-def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    """Sum (or `op`) a tensor across ranks, in place; nothing without a group."""
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across ranks, in place; nothing without a group."""
     if _GROUP is not None:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        dist.all_reduce(t)
     return t
 
 

@@ -230,10 +230,14 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
                mininterval=0.5)
-    step, stopping = start_step, False  # stopping: agreed by every rank (one process: asked)
+    step, agreed = start_step, False  # under torchrun: some rank was asked to stop, as of the last step
+
+    def stopping() -> bool:  # one process decides alone; a group by the step's all-reduce
+        return stop["asked"] if group is None else bool(agreed)
+
     model.train()
     try:
-        while step < cfg.max_steps and not stopping and not (group is None and stop["asked"]):
+        while step < cfg.max_steps and not stopping():
             X, Y = batches.next()
             with autocast():
                 _, loss = forward(X, Y)
@@ -251,7 +255,7 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             loss.backward()
             if group is not None:
                 summing.wait()
-                value, stopping = shared.tolist()
+                value, agreed = shared.tolist()
                 check_loss(value, step)  # on every rank alike, before the update
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
@@ -270,8 +274,7 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    asked = stopping if group is not None else stop["asked"]
-    return LoopResult(step=step, interrupted=bool(asked) and step < cfg.max_steps)
+    return LoopResult(step=step, interrupted=stopping() and step < cfg.max_steps)
 
 
 def check_loss(value: float, step: int) -> None:
