@@ -1,16 +1,19 @@
-"""Every batch holds at most about its budget of padded positions, whatever the mix of
-lengths: one long line must not pad thousands of short ones to its length."""
+"""Evaluation batches: every target once, each batch bounded in positions and in logits
+(positions x vocabulary) whatever the mix of lengths or the size of the vocabulary, and the
+loss unchanged by the batching."""
 
 import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wavenet import bench
-from wavenet.data import Vocab, length_batches, pad_names
+from wavenet.batches import EVAL_LOGITS, PackedNames, eval_batches, eval_positions, pad_names
+from wavenet.data import Vocab
 from wavenet.errors import WavenetError
-from wavenet.evaluate import eval_batches, split_loss
-from wavenet.models import ConvWaveNet, HierarchicalMLP
+from wavenet.evaluate import nll_sum, split_loss
+from wavenet.models import ConvWaveNet, HierarchicalMLP, WaveNet
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +24,57 @@ def mixed(names):
     return words
 
 
+def unpack(batch: PackedNames, vocab) -> list[str]:
+    """The names a packed batch holds, read from its targets (each name's ids, then 0), after
+    checking that each character's row holds that character."""
+    V = len(vocab)
+    rows, ids = (batch.targets // V).tolist(), (batch.targets % V).tolist()
+    names, name = [], []
+    for k, (row, i) in enumerate(zip(rows, ids)):
+        if name or k == 0 or ids[k - 1] == 0:  # not output 0: read from the previous character's row
+            assert (row == 0) == (not name) and (not name or batch.ids[row] == name[-1])
+        if i == 0:
+            names.append(vocab.decode(name))
+            name = []
+        else:
+            name.append(i)
+    return names
+
+
 @pytest.mark.parametrize("budget", [32_768, 4_096, 500])
-def test_conv_eval_batches_stay_within_the_budget(mixed, budget):
+@pytest.mark.parametrize("kind", ["conv", "wavenet"])
+def test_packed_eval_batches_stay_within_the_budget(mixed, budget, kind):
     vocab = Vocab.from_words(mixed)
-    model = ConvWaveNet(len(vocab), n_embd=4, n_hidden=8)
-    seen, targets = [], 0
-    for X, Y in eval_batches(model, mixed, vocab, max_positions=budget):
-        padded = Y.numel()  # (names in the batch) x (longest + 1)
-        alone = Y.shape[0] == 1 and Y.shape[1] > budget  # an item longer than the budget
-        assert padded <= budget or alone, f"{Y.shape[0]} names x {Y.shape[1]} positions > {budget}"
-        assert X.shape == (Y.shape[0], model.block_size + Y.shape[1] - 1)
-        targets += int((Y != -1).sum())
-        seen += [vocab.decode(x[8:][y[:-1] > 0].tolist()) for x, y in zip(X, Y)]
-    assert sorted(seen) == sorted(mixed), "every item exactly once"
+    model = ConvWaveNet(len(vocab), n_embd=4, n_hidden=8) if kind == "conv" else \
+        WaveNet(len(vocab), n_layers=2, n_cycles=2, n_residual=4, n_skip=4)
+    targets, seen = 0, []
+    for batch, none in eval_batches(model, mixed, vocab, max_positions=budget):
+        assert none is None and len(batch.pairs) == len(model.dilations)
+        alone = batch.n_names == 1  # an item longer than the budget
+        assert batch.n_targets <= budget or alone, f"{batch.n_targets} targets > {budget}"
+        assert len(batch.ids) <= batch.n_targets  # rows: the characters and row 0, no padding
+        targets += batch.n_targets
+        seen += unpack(batch, vocab)
+    assert seen == mixed, "every item exactly once, in order"
     assert targets == sum(len(w) + 1 for w in mixed)
+
+
+def test_a_big_vocabulary_shrinks_the_batches_to_the_logits_budget():
+    """3,001 ids (a CJK file): a batch holds at most EVAL_LOGITS logits, positions x vocabulary,
+    where a budget of positions alone held 32,768 x 3,001 (393 MB of float32)."""
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(3000)]
+    words = chars + ["".join(rng.choices(chars, k=rng.randint(2, 4))) for _ in range(5000)]
+    vocab = Vocab.from_words(words)
+    assert len(vocab) == 3001 and eval_positions(len(vocab)) == EVAL_LOGITS // 3001
+    for kind, model in (("conv", ConvWaveNet(len(vocab), n_embd=4, n_hidden=8)),
+                        ("mlp", HierarchicalMLP(len(vocab), n_embd=4, n_hidden=8))):
+        sizes = [len(Y) if Y is not None else X.n_targets for X, Y in eval_batches(model, words, vocab)]
+        assert max(sizes) * len(vocab) <= EVAL_LOGITS, kind
+        assert sum(sizes) == sum(len(w) + 1 for w in words), kind
+    assert eval_positions(27) == 32_768  # names: the positions bound, as before
+    with pytest.raises(WavenetError, match="max_positions must be at least 1"):
+        eval_positions(27, 0)
 
 
 def test_mlp_eval_batches_stay_within_the_budget(mixed):
@@ -44,23 +84,43 @@ def test_mlp_eval_batches_stay_within_the_budget(mixed):
     assert max(sizes) <= 4_096 and sum(sizes) == sum(len(w) + 1 for w in mixed)
 
 
-def test_the_batching_does_not_change_the_loss(mixed):
+@pytest.mark.parametrize("kind", ["conv", "wavenet"])
+def test_the_batching_does_not_change_the_loss(mixed, kind):
+    """split_loss over packed batches of any size == the reference forward over one padded
+    batch of everything (padded to the long line), float64."""
+    long = max(mixed, key=len)
+    mixed = [w for w in mixed[:500] if w != long] + [long] + mixed[500:900]
     vocab = Vocab.from_words(mixed)
-    model = ConvWaveNet(len(vocab), n_embd=4, n_hidden=8, generator=torch.Generator().manual_seed(0)).double()
-    model.eval()
-    X, Y = pad_names(mixed, vocab, 8)  # one batch of everything, padded to the long line
+    g = torch.Generator().manual_seed(0)
+    model = ConvWaveNet(len(vocab), n_embd=4, n_hidden=8, generator=g) if kind == "conv" else \
+        WaveNet(len(vocab), n_layers=2, n_cycles=2, n_residual=4, n_skip=4, generator=g)
+    model = model.double().eval()
+    X, Y = pad_names(mixed, vocab, model.block_size)
     with torch.no_grad():
         whole = model(X, Y)[1].item()
-    for budget in (32_768, 1_000):
+    for budget in (32_768, 500):
         batches = list(eval_batches(model, mixed, vocab, max_positions=budget))
         assert abs(split_loss(model, mixed, vocab, batches=batches) - whole) < 1e-12
 
 
-def test_length_batches_edge_cases():
-    assert length_batches(["a" * 50, "b", "cc"], 10) == [["b", "cc"], ["a" * 50]]
-    assert length_batches(["abc"] * 10, 8) == [["abc"] * 2] * 5  # 2 x 4 positions each
-    with pytest.raises(WavenetError, match="max_positions must be at least 1"):
-        length_batches(["a"], 0)
+def test_the_float64_loss_needs_no_float64_copy_of_the_logits(monkeypatch):
+    """nll_sum over float32 logits equals float64 cross-entropy of the whole tensor (1e-9 per
+    target), while converting at most its chunk of rows at a time."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2_000, 3_001, generator=g) * 4
+    targets = torch.randint(0, 3_001, (2_000,), generator=g)
+    expected = F.cross_entropy(logits.double(), targets, reduction="sum")
+    real_double, largest = torch.Tensor.double, []
+
+    def spy(t):
+        largest.append(t.numel())
+        return real_double(t)
+
+    monkeypatch.setattr(torch.Tensor, "double", spy)
+    got = nll_sum(logits, torch.arange(2_000), targets)
+    monkeypatch.undo()
+    assert abs(got.item() - expected.item()) < 1e-9 * 2_000
+    assert max(largest) <= 1 << 16 and sum(largest) > logits.numel()  # chunked, every row covered
 
 
 def test_the_benchmark_evaluates_through_the_same_batches(mixed, monkeypatch):
@@ -68,33 +128,16 @@ def test_the_benchmark_evaluates_through_the_same_batches(mixed, monkeypatch):
     vocab = Vocab.from_words(mixed)
     mlp = HierarchicalMLP(len(vocab), n_embd=4, n_hidden=8)
     conv = ConvWaveNet.from_mlp(mlp)
-    shapes = []
+    sizes = []
     real = eval_batches
 
     def spy(model, words, vocab, max_positions=32_768):
         for X, Y in real(model, words, vocab, max_positions):
-            shapes.append((model.kind, Y.numel()))
+            sizes.append((model.kind, len(Y) if Y is not None else X.n_targets))
             yield X, Y
 
     monkeypatch.setattr(bench, "eval_batches", spy)
     bench.bench_eval(mlp, conv, mixed, vocab, bench.BenchConfig(repeats=1))
-    assert {kind for kind, _ in shapes} == {"mlp", "conv"}
-    assert max(n for _, n in shapes) <= 32_768
-
-
-def test_a_conv_training_step_keeps_almost_nothing_per_padded_position():
-    """A training batch is `batch_size` names padded to its longest, so one long name pads
-    the others. The conv's training forward computes no padded position, and its loss is
-    taken over real targets only: what a step keeps for the backward pass grows by about a
-    mask byte per padded position, not by logits (4 x vocabulary bytes each) or activations."""
-    words = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
-    vocab = Vocab.from_words(words)
-    model = ConvWaveNet(len(vocab), n_embd=6, n_hidden=10).train()
-    X, Y = pad_names(words, vocab, 8)
-    saved = {}
-    for extra in (0, 1_000):
-        Xp = torch.cat([X, torch.zeros(len(X), extra, dtype=torch.long)], 1)
-        Yp = torch.cat([Y, torch.full((len(Y), extra), -1)], 1)
-        saved[extra] = bench.saved_bytes(lambda Xp=Xp, Yp=Yp: model(Xp, Yp)[1].backward())
-    per_position = (saved[1_000] - saved[0]) / (len(words) * 1_000)
-    assert per_position <= 2, f"{per_position:.1f} bytes kept per padded position"
+    assert {kind for kind, _ in sizes} == {"mlp", "conv"}
+    assert max(n for kind, n in sizes if kind == "mlp") <= 32_768
+    assert max(n for kind, n in sizes if kind == "conv") <= 32_768 or len(mixed[0]) > 32_768

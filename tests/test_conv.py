@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from wavenet.data import Vocab, build_windows, pad_names
+from wavenet.batches import build_windows, pad_names
+from wavenet.data import Vocab
 from wavenet.models import ConvCache, ConvWaveNet
 from wavenet.sample import generate
 
@@ -21,10 +22,10 @@ def model(randomize_batchnorm):
     return make
 
 
-def train_step(m, X, Y, skip_prefix=True):
+def train_step(m, X, Y):
     m.train()
     m.zero_grad()
-    logits, loss = m(X, Y, skip_prefix=skip_prefix)
+    logits, loss = m(X, Y)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in m.named_parameters()}
     stats = {n: b.clone() for n, b in m.named_buffers()}
@@ -32,13 +33,12 @@ def train_step(m, X, Y, skip_prefix=True):
 
 
 @pytest.mark.parametrize("block_size", [2, 8, 16])
-@pytest.mark.parametrize("skip_prefix", [True, False])
-def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix, model):
+def test_extra_padding_changes_nothing_in_training(block_size, model):
     X, Y = pad_names(WORDS, VOCAB, block_size)
     Xp = torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1)
     Yp = torch.cat([Y, torch.full((len(Y), 5), -1)], 1)
-    a = train_step(model(block_size), X, Y, skip_prefix)
-    b = train_step(model(block_size), Xp, Yp, skip_prefix)
+    a = train_step(model(block_size), X, Y)
+    b = train_step(model(block_size), Xp, Yp)
     real = Y != -1
     torch.testing.assert_close(b[0][:, :Y.shape[1]][real], a[0][real], rtol=0, atol=1e-12)
     torch.testing.assert_close(b[1], a[1], rtol=0, atol=1e-12)
@@ -46,20 +46,6 @@ def test_extra_padding_changes_nothing_in_training(block_size, skip_prefix, mode
         torch.testing.assert_close(b[2][name], a[2][name], rtol=0, atol=1e-12, msg=name)
     for name in a[3]:
         torch.testing.assert_close(b[3][name], a[3][name], rtol=0, atol=1e-12, msg=name)
-
-
-@pytest.mark.parametrize("block_size", [4, 8, 32])
-def test_skip_prefix_is_the_same_function_in_training(block_size, model):
-    X, Y = pad_names(WORDS, VOCAB, block_size)
-    a = train_step(model(block_size), X, Y, skip_prefix=True)  # packed: no padding computed
-    b = train_step(model(block_size), X, Y, skip_prefix=False)  # every position computed
-    real = Y != -1
-    torch.testing.assert_close(a[0][real], b[0][real], rtol=0, atol=1e-12)
-    assert not a[0][~real].any(), "the packed path leaves padding logits at 0"
-    torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-12)
-    for d in (2, 3):
-        for name in a[d]:
-            torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)
 
 
 def test_training_statistics_count_positions_aligned_with_real_targets(model):
@@ -83,7 +69,7 @@ def test_cached_logits_equal_full_forward_at_every_step(block_size, dtype, tol, 
     m = model(block_size, dtype).eval()
     X, Y = pad_names(WORDS, VOCAB, block_size)
     with torch.no_grad():
-        full = m(X, skip_prefix=False)[0]  # (B, L + 1, V)
+        full = m(X)[0]  # (B, L + 1, V)
         cache = ConvCache(m, len(WORDS))
         torch.testing.assert_close(cache.logits, full[:, 0], rtol=0, atol=tol)
         for t in range(X.shape[1] - block_size):
@@ -113,27 +99,16 @@ def test_whole_name_objective_is_the_per_position_objective(model):
 
 
 def test_each_layer_is_the_conv1d_it_holds(model):
-    """The stack applies each kernel as two matrix products, channels last; that is exactly
-    the module's own Conv1d over (B, C, T), dilation included."""
-    m = model(16)
+    """The layer body applies each kernel as one matrix to the pair [x(t - d) | x(t)],
+    channels last; that is exactly the module's own Conv1d over (B, C, T), dilation
+    included, then BatchNorm and tanh."""
+    m = model(16).eval()
     x = torch.randn(3, 30, 6, dtype=torch.float64)  # (B, T, C)
-    for conv in m.fuse:
-        reference = conv(x.transpose(1, 2)).transpose(1, 2)  # torch's Conv1d, (B, T - d, H)
+    for level, (conv, norm) in enumerate(zip(m.fuse, m.norm)):
+        h = conv(x.transpose(1, 2)).transpose(1, 2)  # torch's Conv1d, (B, T - d, H)
+        reference = torch.tanh((h - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+                               * norm.weight + norm.bias)
         d = conv.dilation[0]
-        from wavenet.models import _causal_conv
-        torch.testing.assert_close(_causal_conv(conv, x[:, :-d], x[:, d:]), reference, rtol=0, atol=1e-12)
-        x = torch.tanh(reference)
-
-
-def test_packed_training_with_ignored_targets_inside_a_name(model):
-    """A -1 inside a name drops that target only: its input still feeds later positions."""
-    X, Y = pad_names(WORDS, VOCAB, 8)
-    Y = Y.clone()
-    Y[0, 2] = Y[3, 0] = Y[5, 4] = -1
-    a = train_step(model(8), X, Y, skip_prefix=True)
-    b = train_step(model(8), X, Y, skip_prefix=False)
-    real = Y != -1
-    torch.testing.assert_close(a[0][real], b[0][real], rtol=0, atol=1e-12)
-    for d in (2, 3):
-        for name in a[d]:
-            torch.testing.assert_close(a[d][name], b[d][name], rtol=0, atol=1e-12, msg=name)
+        got = m.layer(level, torch.cat([x[:, :-d], x[:, d:]], -1))
+        torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)
+        x = reference

@@ -5,9 +5,8 @@ other on the GPU."""
 import pytest
 import torch
 
-from wavenet.data import pad_names
+from wavenet.batches import pack_padded, pad_names
 from wavenet.models import ConvWaveNet, HierarchicalMLP, WaveNet
-from wavenet.packed import pack_padded
 from wavenet.rundir import RunDir
 from wavenet.sample import generate
 
@@ -45,7 +44,7 @@ def test_conv_on_cuda_equals_the_cpu_and_its_packed_step(batch, vocab):
 
 
 def test_mlp_and_conv_agree_on_cuda(names, vocab):
-    from wavenet.data import build_windows
+    from wavenet.batches import build_windows
     mlp = HierarchicalMLP(len(vocab), generator=torch.Generator().manual_seed(1)).cuda().eval()
     conv = ConvWaveNet.from_mlp(mlp).eval()
     X, _ = pad_names(names[:64], vocab, 8)

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from wavenet.data import Vocab, build_windows, load_words, pad_names, split_words
+from wavenet.batches import build_windows, pad_names
+from wavenet.data import Vocab, load_words, split_words
 from wavenet.errors import DataError, WavenetError
 
 

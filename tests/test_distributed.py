@@ -12,12 +12,11 @@ import time
 import pytest
 import torch
 
+from wavenet.batches import NameBatches, WindowBatches, build_windows, make_batches
 from wavenet.config import TrainConfig
-from wavenet.data import build_windows
 from wavenet.distributed import Group, moments, share
 from wavenet.models import ConvWaveNet
 from wavenet.rundir import RunDir
-from wavenet.train import NameBatches, WindowBatches, make_batches
 
 TOL = 1e-5  # float32, after 30 steps: the bound
 

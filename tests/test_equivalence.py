@@ -7,7 +7,8 @@ or mis-transferred BatchNorm cannot pass. Tolerances: float32 1e-5, float64 1e-1
 import pytest
 import torch
 
-from wavenet.data import build_windows, pad_names, split_words
+from wavenet.batches import build_windows, pack_padded, pad_names
+from wavenet.data import split_words
 from wavenet.evaluate import split_loss
 from wavenet.models import ConvWaveNet, HierarchicalMLP, kernel_to_linear
 
@@ -50,16 +51,20 @@ def test_last_position_every_val_window(val_words, vocab, block_size, dtype, ran
 
 
 @pytest.mark.parametrize("block_size, dtype", CASES)
-@pytest.mark.parametrize("skip_prefix", [True, False])
-def test_every_position_of_whole_val_names(val_words, vocab, block_size, dtype, skip_prefix, randomised_pair):
+def test_every_position_of_whole_val_names(val_words, vocab, block_size, dtype, randomised_pair):
+    """Both of the conv's eval paths, the reference on padded names and the packed one."""
     mlp, conv = randomised_pair(len(vocab), block_size, dtype)
     Xw, Yw = build_windows(val_words, vocab, block_size)
     Xn, Yn = pad_names(val_words, vocab, block_size)
+    batch = pack_padded(Xn, Yn, block_size, len(vocab))
     with torch.no_grad():
-        logits = conv(Xn, skip_prefix=skip_prefix)[0]  # (B, L + 1, V)
+        expected = mlp(Xw)[0]  # (N, V) in the windows' order
+        logits = conv(Xn)[0]  # (B, L + 1, V)
         assert logits.shape[:2] == Yn.shape
-        close(logits[Yn != -1], mlp(Xw)[0], dtype)  # row-major order == the windows' order
-    assert torch.equal(Yn[Yn != -1], Yw)
+        close(logits[Yn != -1], expected, dtype)  # row-major order == the windows' order
+        packed = conv(batch)[0]  # (R, V) per packed row
+        close(packed[batch.targets // len(vocab)], expected, dtype)
+    assert torch.equal(Yn[Yn != -1], Yw) and torch.equal(batch.targets % len(vocab), Yw)
 
 
 @pytest.mark.parametrize("block_size, dtype", CASES)
@@ -81,17 +86,16 @@ def test_split_loss_and_gradients(val_words, vocab, block_size, dtype, randomise
 
 
 @pytest.mark.parametrize("block_size", [8, 16, 32])
-@pytest.mark.parametrize("skip_prefix", [True, False])
-def test_causality(vocab, block_size, skip_prefix, randomised_pair):
+def test_causality(vocab, block_size, randomised_pair):
     _, conv = randomised_pair(len(vocab), block_size, torch.float64)
     g = torch.Generator().manual_seed(1)
     prefix = torch.zeros(4, block_size, dtype=torch.long)
     X = torch.cat([prefix, torch.randint(1, 27, (4, 20), generator=g)], 1)
-    base = conv(X, skip_prefix=skip_prefix)[0]
+    base = conv(X)[0]
     for t in (block_size, block_size + 7, X.shape[1] - 1):  # change every input from t on
         Z = X.clone()
         Z[:, t:] = torch.randint(1, 27, Z[:, t:].shape, generator=g)
-        out = conv(Z, skip_prefix=skip_prefix)[0]
+        out = conv(Z)[0]
         j = t - block_size + 1  # first output that sees position t
         torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
         assert not torch.allclose(out[:, j:], base[:, j:]), "the future must matter somewhere"

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from wavenet.data import build_windows, split_words
+from wavenet.batches import build_windows
+from wavenet.data import split_words
 from wavenet.errors import WavenetError
 from wavenet.models import HierarchicalMLP, build_model
 

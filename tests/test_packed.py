@@ -1,10 +1,11 @@
-"""The fused training step on packed names computes what the reference path computes.
+"""The packed path computes what the reference path computes.
 
 `ConvWaveNet(X, Y)` on `pad_names` rows (autograd, tests/test_conv.py and
 tests/test_equivalence.py tie it to the lecture's MLP) against `ConvWaveNet(PackedNames)`
-(forward and backward by hand, wavenet/packed.py): loss, every gradient, BatchNorm's running
-statistics, the log-probabilities of every target, in float64 and float32, in training and
-eval mode, with ignored targets anywhere; and a short training run on each path.
+(in training the fused step, forward and backward by hand, wavenet/models/tree_fused.py; in
+eval the layer body on packed rows): loss, every gradient, BatchNorm's running statistics,
+the log-probabilities of every target, in float64 and float32, in training and eval mode,
+with ignored targets anywhere; and a short training run on each path.
 """
 
 import copy
@@ -12,10 +13,9 @@ import copy
 import pytest
 import torch
 
-from wavenet.data import Vocab, build_windows, pad_names
+from wavenet.batches import NameBatches, build_windows, pack, pack_padded, packed_rows, pad_names
+from wavenet.data import Vocab
 from wavenet.models import ConvWaveNet, HierarchicalMLP
-from wavenet.packed import pack, pack_padded, packed_rows
-from wavenet.train import NameBatches
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x",
          "bartholomew", "zo"]
@@ -68,7 +68,7 @@ def test_fused_step_is_the_reference_step(block_size, dtype, training, model):
     batch = pack_padded(X, Y, block_size, len(VOCAB))
     a, b = step(ref, X, Y), step(fused, batch)
     expected = assert_same_step(a, b, Y, dtype)
-    got = b[0].view(-1)[batch.targets]
+    got = torch.log_softmax(b[0], -1).view(-1)[batch.targets]  # training returns log-probabilities
     torch.testing.assert_close(got, expected, rtol=0, atol=TOL[dtype])
     assert batch.n_targets == int((Y != -1).sum()) == len(expected)
 
@@ -128,8 +128,8 @@ def test_packed_name_batches_hold_the_padded_batches_names():
         assert all(torch.equal(p, q) for p, q in zip(a.pairs, b.pairs))
 
 
-def test_fused_eval_step_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):
-    """In eval mode, the fused path's every log-probability, loss and gradient are the
+def test_packed_eval_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):
+    """In eval mode, the packed path's every log-probability, loss and gradient are the
     lecture's MLP's on the windows of the same names (the weights transferred by from_mlp)."""
     words = names[:200]
     g = torch.Generator().manual_seed(1)
@@ -144,7 +144,8 @@ def test_fused_eval_step_is_the_mlp_on_every_window(vocab, names, randomize_batc
     torch.testing.assert_close(loss_c, loss_m, rtol=0, atol=1e-12)
     # every position: the target's log-probability, in the windows' order
     expected = torch.log_softmax(logits, -1)[torch.arange(len(Yw)), Yw]
-    torch.testing.assert_close(logp.view(-1)[batch.targets], expected, rtol=0, atol=1e-12)
+    got = torch.log_softmax(logp, -1).view(-1)[batch.targets]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     loss_c.backward(), loss_m.backward()
     grads = dict(conv.named_parameters())
     for name, p in mlp.named_parameters():

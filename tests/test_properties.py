@@ -4,7 +4,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wavenet.data import Vocab, build_windows, pad_names
+from wavenet.batches import build_windows, pad_names
+from wavenet.data import Vocab
 from wavenet.models import ConvWaveNet, HierarchicalMLP
 
 # Words as load_words produces them: non-empty, no surrounding whitespace, no line breaks.

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from wavenet.batches import NameBatches, WindowBatches, build_windows, make_batches
 from wavenet.config import TrainConfig
-from wavenet.data import Vocab, build_windows
+from wavenet.data import Vocab
 from wavenet.models import ConvWaveNet, HierarchicalMLP
-from wavenet.train import Diverged, NameBatches, WindowBatches, learning_rate_at, make_batches, train_loop
+from wavenet.train import Diverged, learning_rate_at, train_loop
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from wavenet import checkpoint as ckpt_io
+from wavenet.batches import NameBatches, make_batches, pack_padded, pad_names
 from wavenet.checkpoint import load_checkpoint
 from wavenet.config import RECIPES, TrainConfig, WaveNetConfig
-from wavenet.data import Vocab, pad_names
-from wavenet.gated import WaveNet, parameter_count
-from wavenet.packed import pack_padded
+from wavenet.data import Vocab
+from wavenet.models import WaveNet, parameter_count
 from wavenet.sample import generate
-from wavenet.train import NameBatches, learning_rate_at, make_batches, make_optimizer
+from wavenet.train import learning_rate_at, make_optimizer
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
@@ -337,7 +337,7 @@ def test_the_paper_block_written_with_conv1d(shape):
 
 
 def test_norms_work_per_position_over_channels():
-    from wavenet.gated import RMSNorm
+    from wavenet.models.wavenet import RMSNorm
     x = torch.randn(3, 7, 16, dtype=torch.float64) * 5 + 2
     y = RMSNorm(16).double()(x)
     torch.testing.assert_close(y.square().mean(-1), torch.ones(3, 7, dtype=torch.float64), rtol=0, atol=1e-5)

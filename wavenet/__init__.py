@@ -7,11 +7,11 @@ README.md.
     model, vocab = wavenet.load("out")   # the trained model of a run directory, in eval mode
 """
 
+from .batches import build_windows, pad_names
 from .config import ConvConfig, MLPConfig, TrainConfig, WaveNetConfig
-from .data import Vocab, build_windows, load_words, pad_names, split_words
+from .data import Vocab, load_words, split_words
 from .errors import WavenetError
-from .gated import WaveNet
-from .models import ConvWaveNet, HierarchicalMLP, build_model
+from .models import ConvWaveNet, HierarchicalMLP, WaveNet, build_model
 from .rundir import RunDir, load
 
 __version__ = "0.1.0"

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from .batches import NameBatches, build_windows, eval_batches
 from .config import MLPConfig, TrainConfig, check_block_size
-from .data import Vocab, build_windows, split_words
+from .data import Vocab, split_words
 from .errors import WavenetError
-from .evaluate import eval_batches
 from .models import ConvWaveNet, build_model
 from .sample import generate
-from .train import NameBatches, make_optimizer
+from .train import make_optimizer
 
 
 @dataclass(frozen=True)

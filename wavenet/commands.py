@@ -9,16 +9,17 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .batches import eval_batches, make_batches
 from .checkpoint import model_from_checkpoint, model_state
 from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES, TrainConfig, config_from_record, model_config
 from .data import Vocab, load_words, split_words
 from .distributed import GroupError
 from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
-from .evaluate import eval_batches, sample_for_loss, shard_batches, split_loss
+from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, make_batches, make_optimizer, train_loop
+from .train import Diverged, make_optimizer, train_loop
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))

@@ -1,15 +1,9 @@
-"""Words, vocabulary, the lecture's split, and the two dataset layouts.
+"""Words, vocabulary and the lecture's split: a text file becomes ids.
 
 Follows makemore part 5 (Karpathy, "Building makemore Part 5: Building a WaveNet"):
 id 0 is the boundary token '.', the sorted characters of the data take ids 1.., the words
-are shuffled with `random.seed(42)` and cut at 80% / 90%.
-
-Two layouts of the same targets:
-- `build_windows`: the lecture's per-position dataset, one (block_size,) window per target;
-- `pad_names`: one row per word, block_size boundary tokens then the word, so a causal
-  convolution predicts every target of every word in one forward pass.
-Both yield exactly sum(len(w) + 1) targets for a list of words. `length_batches` groups
-words so that each padded batch stays within a budget of positions, whatever the lengths.
+are shuffled with `random.seed(42)` and cut at 80% / 90%. What a model is then fed (the
+lecture's windows, padded and packed names, batches) is batches.py's.
 """
 
 from __future__ import annotations
@@ -165,70 +159,12 @@ def split_words(words: Sequence[str], seed: int = 42) -> tuple[list[str], list[s
     return train, val, test
 
 
-def build_windows(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lecture's dataset: for every target, the block_size ids before it.
-
-    Returns X (N, block_size) and Y (N,), LongTensors, N = sum(len(w) + 1): the lecture's
-    loop (context = [0] * block_size, slid one id at a time), computed with tensors, so a
-    corpus of millions of lines costs the tensors and not millions of Python lists.
-    """
-    seq, first = window_starts(words, vocab, block_size)
-    return seq.unfold(0, block_size, 1)[first], seq[first + block_size]  # unfold: views, no (N, block) index
+_MOVED = ("build_windows", "window_starts", "pad_names")  # what a model is fed: batches.py
 
 
-def window_starts(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows of `build_windows` without materialising them: (seq, first), where window
-    i is seq[first[i] : first[i] + block_size] and its target seq[first[i] + block_size].
-    seq holds each word as block_size boundary ids then its ids, word after word, and one
-    last 0: (block_size + 1) ids per word less than the windows themselves."""
-    ids, lengths = vocab.encode_all(words)
-    seq = torch.zeros(len(ids) + block_size * len(lengths) + 1, dtype=torch.long)
-    spans = lengths + block_size
-    starts = torch.cumsum(spans, 0) - spans  # where each word's boundary prefix begins
-    seq[torch.repeat_interleave(starts + block_size, lengths) + _ranges(lengths)] = ids
-    # target j of a word (j = 0 .. len) reads seq[start + j : start + j + block_size]; its
-    # target sits right after: the word's next id, or, after the last, the next prefix's 0
-    return seq, torch.repeat_interleave(starts, lengths + 1) + _ranges(lengths + 1)
-
-
-def _ranges(lengths: torch.Tensor) -> torch.Tensor:
-    """0 .. n - 1 for each n in lengths, concatenated."""
-    ends = torch.cumsum(lengths, 0)
-    return torch.arange(int(ends[-1]) if len(ends) else 0) - torch.repeat_interleave(ends - lengths, lengths)
-
-
-def pad_names(words: Sequence[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole words for the convolution, one row per word in the given order.
-
-    X (B, block_size + L): block_size boundary ids, the word's ids, then boundary ids as
-    right padding up to the longest word (L letters). Y (B, L + 1): the word's ids, then the
-    boundary id, then -1 (ignored) at padding. Output j of the model sees
-    X[:, j : j + block_size] and is scored against Y[:, j].
-    """
-    ids, lengths = vocab.encode_all(words)
-    B, L = len(words), int(lengths.max())
-    X = torch.zeros(B, block_size + L, dtype=torch.long)
-    Y = torch.full((B, L + 1), -1, dtype=torch.long)
-    rows, cols = torch.repeat_interleave(torch.arange(B), lengths), _ranges(lengths)
-    X[rows, block_size + cols] = ids
-    Y[rows, cols] = ids
-    Y[torch.arange(B), lengths] = 0
-    return X, Y
-
-
-def length_batches(words: Sequence[str], max_positions: int) -> list[list[str]]:
-    """The words sorted by length and cut into groups whose padded size, (number of words) x
-    (longest + 1) target positions, is at most `max_positions`: a long line shares its batch
-    only with as many words as the budget allows, never pads thousands of short ones. A word
-    longer than the budget on its own gets a batch of its own. Every word appears once."""
-    if max_positions < 1:
-        raise WavenetError(f"max_positions must be at least 1, got {max_positions}", param="max_positions")
-    groups, group = [], []
-    for w in sorted(words, key=len):  # ascending: the word being added is the group's longest
-        if group and (len(group) + 1) * (len(w) + 1) > max_positions:
-            groups.append(group)
-            group = []
-        group.append(w)
-    if group:
-        groups.append(group)
-    return groups
+def __getattr__(name: str):
+    """The dataset layouts moved to batches.py; `from wavenet.data import pad_names` still works."""
+    if name in _MOVED:
+        from . import batches
+        return getattr(batches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

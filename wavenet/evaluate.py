@@ -1,34 +1,32 @@
 """Loss over a whole split, in eval mode (BatchNorm on its running statistics).
 
-The MLP sees every window of the split (the lecture's `split_loss`), the convolution sees
-whole names; both give the mean cross-entropy over the same sum(len(w) + 1) targets.
+The MLP sees every window of the split (the lecture's `split_loss`), the convolutional models
+see whole names, packed; all give the mean cross-entropy over the same sum(len(w) + 1)
+targets. The batches are `batches.eval_batches`: bounded in positions and in logits, so
+memory does not grow with the split or the vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed
-from .data import Vocab, build_windows, length_batches, pad_names
+from .batches import PackedNames, eval_batches
+from .data import Vocab
 
 TRAIN_SAMPLE = 50_000  # names: above this, the reported train loss is over a seeded sample
+LSE_CHUNK = 1 << 16     # logits converted to float64 at a time, for the log-sum-exp
 
 
-def eval_batches(model, words: Sequence[str], vocab: Vocab, max_positions: int = 32_768
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches covering every target of `words` once, in the layout the model takes, each
-    at most `max_positions` target positions, padding included: the MLP's windows in
-    chunks, the conv's whole names grouped by length (`data.length_batches`)."""
-    if model.kind == "mlp":
-        X, Y = build_windows(words, vocab, model.block_size)
-        for i in range(0, len(X), max_positions):
-            yield X[i:i + max_positions], Y[i:i + max_positions]
-    else:
-        for group in length_batches(words, max_positions):
-            yield pad_names(group, vocab, model.block_size)
+def nll_sum(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over i of -log softmax(logits[rows[i]])[targets[i]], in float64: logits (R, V) of
+    any float dtype. The log-sum-exp of each row is taken in float64 a chunk of rows at a
+    time, so no float64 copy of all the logits is ever made."""
+    chunk = max(1, LSE_CHUNK // logits.shape[-1])
+    lse = torch.cat([torch.logsumexp(part.double(), -1) for part in logits.split(chunk)])  # (R,)
+    return (lse[rows] - logits[rows, targets].double()).sum()
 
 
 @torch.no_grad()
@@ -51,10 +49,16 @@ def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=
     try:
         for X, Y in batches:
             logits, _ = model(X.to(device))
-            Y = Y.to(device)
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).double(), Y.reshape(-1),
-                                     ignore_index=-1, reduction="sum")
-            count += (Y != -1).sum()
+            if isinstance(X, PackedNames):  # (R, V) per packed row; targets flat row * V + id
+                V = logits.shape[-1]
+                targets = X.targets.to(device)
+                total += nll_sum(logits, targets // V, targets % V)
+                count += len(targets)
+            else:  # the MLP's windows: (B, V) and Y (B,)
+                Y = Y.to(device)
+                real = Y != -1
+                total += nll_sum(logits, torch.nonzero(real)[:, 0], Y[real])
+                count += real.sum()
     finally:
         model.train(was_training)
     if group is not None:

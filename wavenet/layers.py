@@ -1,4 +1,4 @@
-"""Layers shared by the models: the lecture's BatchNorm, its initialisation, the loss, and
+"""Layers shared by the models: the lecture's BatchNorm, its initialisation, the losses, and
 the tap-major kernel-2 convolution.
 
 BatchNorm choice. The lecture's BatchNorm1d normalises a training batch with its mean and
@@ -7,7 +7,7 @@ its *unbiased* variance (`x.var()`, correction 1) and keeps running statistics w
 variance and wants (N, C, L). We keep the lecture's arithmetic, so the hierarchical model is
 the lecture's model, and we split BatchNorm into two steps, `statistics(rows)` and
 `normalize(x, ...)`: the caller decides which rows count (the MLP: every (batch, group) row;
-the convolution: only positions aligned with real targets, see `models.py`), and the same
+the convolution: only positions aligned with real targets, see `models/tree.py`), and the same
 statistics are then applied to a tensor of any shape with features last.
 """
 
@@ -68,6 +68,22 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor 
     if targets is None:
         return None
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def packed_loss(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Mean cross-entropy over a packed batch's real targets (`batches.PackedNames`): logits
+    (R, V) per packed row, batch.targets the flat indices row * V + target."""
+    return -F.log_softmax(logits, -1).view(-1)[batch.targets].mean()
+
+
+def kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A fusion weight as the one matrix (H, 2C) that multiplies a pair [older | newer]: a
+    Linear's (H, 2C) as it is; a kernel-2 Conv1d's (H, C, 2) as [tap at t - d | tap at t], a
+    view when the kernel is stored tap-major (`tap_major_conv`)."""
+    if weight.dim() == 2:
+        return weight
+    H, C, _ = weight.shape
+    return weight.transpose(1, 2).reshape(H, 2 * C)
 
 
 def tap_major_conv(c_in: int, h: int, dilation: int, bias: bool = False) -> nn.Conv1d:

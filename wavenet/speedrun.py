@@ -14,11 +14,12 @@ from dataclasses import asdict, replace
 
 import torch
 
+from .batches import eval_batches, make_batches
 from .config import RECIPES, model_config
 from .data import Vocab, split_words
-from .evaluate import eval_batches, split_loss
+from .evaluate import split_loss
 from .models import build_model
-from .train import make_batches, make_optimizer, train_loop
+from .train import make_optimizer, train_loop
 
 TARGET = 1.993  # val loss: the lecture's model ends at 1.9937 (its recipe, this split)
 EVALS = 20      # val measured every 5% of a run

@@ -1,8 +1,9 @@
-"""One training loop for any model with the contract `model(X, Y) -> (logits, loss)`.
+"""One training loop for any model with the contract `model(X, Y) -> (logits, loss)`: the
+loop, the learning-rate schedule and the optimizer.
 
 The recipe is a `config.TrainConfig` (the lecture's by default). What a step feeds the model
-comes from a batch source (random windows for the MLP, groups of whole names for the
-convolution); the loop itself knows nothing about either, nor about files: what a run
+comes from a batch source (batches.py: random windows for the MLP, whole names for the
+convolutional models); the loop knows nothing about either, nor about files: what a run
 directory holds is `rundir.py`'s concern.
 """
 
@@ -19,11 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .batches import NameBatches, WindowBatches, make_batches  # noqa: F401  (they lived here; still importable)
 from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES lived here; still importable)
-from .data import pad_names, window_starts
-from .distributed import Group, share
 from .errors import WavenetError
-from .packed import pack
 
 
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
@@ -38,135 +37,6 @@ def learning_rate_at(cfg: TrainConfig, step: int) -> float:
         return lr if step < int(cfg.decay_at * cfg.max_steps) else lr / 10
     progress = (step - cfg.warmup) / max(cfg.max_steps - 1 - cfg.warmup, 1)  # 0 .. 1
     return lr / 10 + (lr - lr / 10) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-class WindowBatches:
-    """The lecture's batches: `batch_size` windows drawn uniformly, with replacement, from
-    one torch.Generator (the same stream that initialised the model, as in the lecture).
-
-    With a process `group` (torchrun), every rank draws the same batch and keeps its share
-    (distributed.share). `counts`: (targets in this rank's share, in the whole batch) of the
-    last batch; every window is one target."""
-
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 device="cpu", group: Group | None = None, rows: torch.Tensor | None = None):
-        self.X, self.Y = X.to(device), Y.to(device)
-        self.rows = None if rows is None else rows.to(device)
-        self.batch_size, self.generator, self.device, self.group = batch_size, generator, device, group
-        self.counts = (batch_size, batch_size)
-
-    @classmethod
-    def from_words(cls, words, vocab, block_size: int, batch_size: int, generator: torch.Generator,
-                   device="cpu", group: Group | None = None) -> WindowBatches:
-        """The windows of `build_windows(words, ...)`, drawn alike, but kept as one id per
-        position (`data.window_starts`) and cut out per batch: a big corpus costs ~2 ids per
-        target instead of block_size + 1."""
-        seq, first = window_starts(words, vocab, block_size)
-        seq = seq.to(device)  # then the unfolded view stays a view on the device too
-        return cls(seq.unfold(0, block_size, 1), seq[first.to(device) + block_size], batch_size, generator,
-                   device, group, rows=first)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(0, len(self.Y), (self.batch_size,), generator=self.generator)
-        ix = ix[share(self.batch_size, self.group)].to(self.device)  # this rank's windows of the batch
-        self.counts = (len(ix), self.batch_size)
-        return self.X[ix if self.rows is None else self.rows[ix]], self.Y[ix]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class NameBatches:
-    """Whole names for the convolution, `batch_size` names per step.
-
-    Each epoch shuffles the names and cuts them into batches, so a batch is a random sample
-    of names, as the MLP's batch is a random sample of windows. `group_by_length` = K > 0
-    sorts names by length within chunks of K batches before cutting, which cuts padding but
-    makes each batch's BatchNorm statistics specific to one length, and the model learns to
-    read them (docs/whole-name-training.md); 0, the default, keeps batches random.
-    The batch of step s depends only on (seed, s), so resuming needs nothing but the step.
-    With a process `group` (torchrun), every rank plans the same batches and takes its
-    contiguous share of each; `counts`: (targets in this rank's share, in the whole batch).
-
-    `packed` (the default): `next()` returns (`packed.PackedNames`, None), the fused
-    training step's layout, built from names encoded once per run; False: `pad_names`
-    rows (X, Y), the reference path. Both hold the same names in the same order.
-    `dilations`: the model's layers' dilations, for the packing (default: the tree's).
-    """
-
-    def __init__(self, words, vocab, block_size: int, batch_size: int, seed: int, device="cpu",
-                 group_by_length: int = 0, packed: bool = True, dilations=None, group: Group | None = None):
-        self.words, self.vocab, self.block_size = list(words), vocab, block_size
-        self.batch_size, self.seed, self.device, self.group = batch_size, seed, device, group
-        self.counts = (0, 0)
-        self.group_by_length, self.packed, self.dilations = group_by_length, packed, dilations
-        self.per_epoch = -(-len(self.words) // batch_size)
-        self.step, self._epoch, self._plan = 0, None, None
-        if packed:  # every name's ids, once: (all characters, lengths, where each begins)
-            self._chars, self._lengths = vocab.encode_all(self.words)
-            self._starts = torch.cumsum(self._lengths, 0) - self._lengths
-
-    def _make_plan(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.words), generator=g).tolist()
-        if self.group_by_length > 0:
-            chunk = self.group_by_length * self.batch_size
-            order = [j for i in range(0, len(order), chunk)
-                     for j in sorted(order[i:i + chunk], key=lambda j: len(self.words[j]))]
-        batches = [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
-        if self.group_by_length > 0:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        return batches
-
-    def next_names(self) -> list[int]:
-        """The indices into `words` of the next batch's names (advances the step)."""
-        epoch, k = divmod(self.step, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._plan = epoch, self._make_plan(epoch)
-        self.step += 1
-        return self._plan[k]
-
-    def next(self):
-        chosen = self.next_names()
-        targets = [len(self.words[j]) + 1 for j in chosen]
-        part = share(len(chosen), self.group)  # this rank's names of the batch
-        chosen = chosen[part]
-        self.counts = (sum(targets[part]), sum(targets))
-        if not self.packed:
-            X, Y = pad_names([self.words[j] for j in chosen], self.vocab, self.block_size)
-            return X.to(self.device), Y.to(self.device)
-        chosen = torch.tensor(chosen, dtype=torch.long)
-        lengths, starts = self._lengths[chosen], self._starts[chosen]
-        shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
-        chars = self._chars[torch.arange(len(shift)) + shift]
-        batch = pack(chars, lengths, self.block_size, len(self.vocab), dilations=self.dilations)
-        if self.group is not None:
-            batch.n_group_targets = self.counts[1]
-        return batch.to(self.device), None
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-
-
-def make_batches(model, words, vocab, cfg: TrainConfig, generator: torch.Generator, device="cpu",
-                 group: Group | None = None):
-    """The batch source a model trains on: whole names for the conv, the lecture's random
-    windows (drawn from `generator`, the stream that initialised the model) for the MLP;
-    this rank's share of each batch under torchrun (`group`)."""
-    if group is not None and cfg.batch_size < group.world_size:
-        raise WavenetError(f"batch_size {cfg.batch_size} is smaller than the {group.world_size} processes: "
-                           "each needs a share of every batch", param="batch_size")
-    if model.kind == "mlp":
-        return WindowBatches.from_words(words, vocab, model.block_size, cfg.batch_size, generator, device,
-                                        group)
-    return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length, dilations=model.dilations, group=group)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,39 @@
+"""The models, one file per family, and one way to build any of them.
+
+    tree.py        the lecture's tree: HierarchicalMLP (one window per target) and
+                   ConvWaveNet (the same function as dilated causal convolutions)
+    tree_fused.py  ConvWaveNet's training step on packed names, forward and backward by hand
+    wavenet.py     WaveNet: the paper's gated residual network
+    cache.py       RingCache: the inference state of cached generation, for both conv models
+
+Every model takes `model(idx, targets=None) -> (logits, loss)`; the convolutional ones also
+take a `batches.PackedNames` batch (their fast path) and generate with `step(ix, cache)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn as nn
+
+from ..config import config_from_record
+from ..errors import WavenetError
+from .cache import RingCache
+from .tree import ConvCache, ConvWaveNet, HierarchicalMLP, kernel_to_linear, linear_to_kernel
+from .wavenet import GatedBlock, WaveNet, WaveNetCache, parameter_count
+
+MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet, "wavenet": WaveNet}
+
+__all__ = ["MODELS", "ConvCache", "ConvWaveNet", "GatedBlock", "HierarchicalMLP", "RingCache", "WaveNet",
+           "WaveNetCache", "build_model", "kernel_to_linear", "linear_to_kernel", "parameter_count"]
+
+
+def build_model(config, vocab_size: int | None = None, generator: torch.Generator | None = None) -> nn.Module:
+    """A fresh model from its config (`MLPConfig`, `ConvConfig`, `WaveNetConfig`) and vocabulary size,
+    or from a checkpoint's record of both (a dict, see `config.model_record`)."""
+    if isinstance(config, dict):
+        config, vocab_size = config_from_record(config)
+    if vocab_size is None:
+        raise WavenetError("build_model needs the vocabulary size", param="vocab_size")
+    return MODELS[config.kind](vocab_size, **asdict(config), generator=generator)
