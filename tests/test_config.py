@@ -62,10 +62,10 @@ def test_bad_values_name_the_parameter_in_library_words(make, param):
 def test_renaming_touches_the_parameter_not_a_path_that_contains_its_name():
     e = WavenetError("/max_length/a.txt, line 2: longer than max_length 5 characters", param="max_length")
     assert e.renamed(flag_name) == "/max_length/a.txt, line 2: longer than --max-length 5 characters"
-    e = WavenetError("loss became nan at step 3: try a lower learning_rate; the last good checkpoint is "
-                     "kept: runs/learning_rate/checkpoint.pt (step 2)", param="learning_rate")
+    e = WavenetError("loss became nan at step 3: try a lower learning_rate; the last good checkpoint of "
+                     "step 2 is kept (runs/learning_rate/checkpoint.pt)", param="learning_rate")
     assert e.renamed(flag_name) == ("loss became nan at step 3: try a lower --learning-rate; the last good "
-                                    "checkpoint is kept: runs/learning_rate/checkpoint.pt (step 2)")
+                                    "checkpoint of step 2 is kept (runs/learning_rate/checkpoint.pt)")
     e = WavenetError("learning_rate.txt, line 2: try a lower learning_rate.", param="learning_rate")
     assert e.renamed(flag_name) == "learning_rate.txt, line 2: try a lower --learning-rate."
     e = WavenetError("num must be at least 1", param="num")

@@ -101,32 +101,13 @@ def test_corrupt_and_untrusted_checkpoints_via_the_cli(tmp_path, tiny_file, cli,
     assert not marker.exists()
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_file, monkeypatch, cli, one_line_error,
-                                                    tiny_flags):
-    real_save, calls = torch.save, []
-
-    def flaky(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", flaky)
-    work = tmp_path / "run"
-    code, _, err = cli("train", "-i", tiny_file, "-o", work, *tiny_flags)
-    one_line_error(code, err, "No space left on device")
-    assert "the previous checkpoint is intact" in err
-    assert load(work)["step"] == 10
-    assert sorted(p.name for p in work.iterdir()) == [".lock", "checkpoint.pt", "metrics.jsonl"]
-
-
 def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, names_path, cli,
                                                                       one_line_error):
     work = tmp_path / "run"
     code, _, err = cli("train", "--model", "mlp", "-i", names_path, "-o", work, "--learning-rate", "1e6",
                        "--max-steps", "50", "--eval-interval", "1", "--no-progress")
     one_line_error(code, err, "try a lower --learning-rate")
-    assert "step" in err and "last good checkpoint" in err
+    assert "the last good checkpoint of step" in err
     ckpt = load(work)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 

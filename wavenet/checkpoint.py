@@ -2,13 +2,15 @@
 
 A checkpoint is a dict of tensors and plain data (no pickled classes), so it loads with
 `torch.load(..., weights_only=True)`, which refuses anything that would run code. It is
-written to a temporary file in the same folder, flushed to disk, then moved over the old
-one with `os.replace`: a crash or Ctrl-C at any moment leaves either the old or the new
-checkpoint, never half of one.
+serialised in memory, written to a temporary file in the same folder, flushed to disk, then
+moved over the old one with `os.replace` (`write_atomic`): a crash, Ctrl-C or full disk at
+any moment leaves either the old or the new checkpoint, never half of one, and a failed
+write is the system's own OSError (ENOSPC: "No space left on device"), not torch's.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -33,18 +35,28 @@ def model_state(model, vocab: Vocab) -> dict:
 
 def save_checkpoint(path, state: dict) -> None:
     """Atomically write `state` (a dict with at least 'model_config', 'model', 'vocab')."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    write_atomic(path, buffer.getbuffer())
+
+
+def write_atomic(path, data) -> None:
+    """Write the bytes `data` to `path` all at once or not at all: into a temporary file
+    beside it (PATH.*.tmp), flushed to disk, then renamed over it. On any failure (OSError,
+    a signal) the temporary file is removed, the old file is untouched, and the error rises."""
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files are ordinary files
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        # The previous checkpoint, if any, is untouched; drop the partial temporary file.
         try:
             os.unlink(tmp)
         except OSError:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 
 from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES
-from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WavenetError
 
 # Library parameter -> the flag that sets it, where the two are not simply `--name-with-dashes`.
 FLAGS = {"num": "-n/--num-samples", "num_samples": "-n/--num-samples", "work_dir": "-o/--work-dir",
@@ -118,7 +120,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from .commands import COMMANDS  # torch is imported only once the flags parse
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a full disk behind a redirected stdout shows here, not at exit
+        return code
     except WavenetError as e:
         print(f"wavenet: error: {e.renamed(flag_name)}", file=sys.stderr)
         return e.exit_code
@@ -126,7 +130,26 @@ def main(argv=None) -> int:
         print("wavenet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `wavenet sample | head`
+        _drop_stdout()
         return EXIT_OK
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRORS or e.filename is not None:
+            raise  # not a write to the standard output: a bug, shown as one
+        _drop_stdout()
+        print(f"wavenet: error: could not write the standard output ({e.strerror.lower()})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)  # a full disk behind stdout, ...
+
+
+def _drop_stdout() -> None:
+    """What is still buffered for a standard output that cannot take it goes nowhere, so
+    the interpreter's last flush at exit does not fail again with a traceback."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def train(args) -> int:
         if group is None or not distributed.is_group_failure(e):
             raise
         raise GroupError(f"rank {group.rank} of {group.world_size}: the process group failed, so this rank "
-                         f"stops ({distributed.first_line(e)}); {_kept(RunDir(args.work_dir))}") from None
+                         f"stops ({distributed.first_line(e)}); {RunDir(args.work_dir).kept()}") from None
     finally:
         distributed.teardown(clean)
 
@@ -158,7 +158,7 @@ def _train(args, device: str, group) -> int:
         result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
                             on_interval=on_interval, progress=main and not args.no_progress, ddp=ddp)
     except Diverged as e:
-        raise Diverged(f"{e}; {_kept(run, 'good ')}", param=e.param) from None
+        raise Diverged(f"{e}; {run.kept('last good ')}", param=e.param) from None
     if result.interrupted:
         save(result.step)
         distributed.barrier()  # no rank leaves before the checkpoint is written
@@ -184,12 +184,6 @@ def _train(args, device: str, group) -> int:
         names = _sample(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), data, device)
         _print_marked(names, splits)
     return EXIT_OK
-
-
-def _kept(run: RunDir, good: str = "") -> str:
-    if not run.checkpoint.exists():
-        return "no checkpoint was written"
-    return f"the last {good}checkpoint is kept: {run.checkpoint} (step {run.load()['step']:,})"
 
 
 def _rng_state(device: str) -> dict:

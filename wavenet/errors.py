@@ -49,5 +49,12 @@ class DataError(WavenetError):
     """The input text file cannot be used (missing, not UTF-8, empty, ...)."""
 
 
+class WriteError(WavenetError):
+    """A file of the run could not be written (a full disk, a quota, an I/O error). Not the
+    user's mistake, so exit 1; the message says what was kept."""
+
+    exit_code = EXIT_FAILED
+
+
 class CheckpointError(WavenetError):
     """A checkpoint is missing, corrupt, untrusted or belongs to another model."""

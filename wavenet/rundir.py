@@ -6,6 +6,11 @@
     DIR/loss.png         the lecture's loss curve (needs matplotlib, the `plot` extra)
     DIR/.lock            held (flock) by the process training there
 
+A write that fails (a full disk, a quota, an I/O error) is one line naming the file, the
+cause and what was kept (`WriteError`, exit 1): the checkpoint and the plot are replaced
+atomically, a metrics record is appended whole or not at all, so the last good state is
+never lost.
+
 The rules. Everything is checked before anything is written. A new run refuses a directory
 that already holds a checkpoint (resume it, or choose another); a run resumes only from a
 checkpoint that holds training state. One process trains in a directory at a time. A
@@ -18,8 +23,10 @@ input file: `eval` and `sample` rebuild the same split from it and refuse a chan
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -28,7 +35,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .data import load_words, split_words
-from .errors import WavenetError
+from .errors import WavenetError, WriteError
 
 SPLIT_SEED = 42  # the lecture's
 
@@ -44,6 +51,7 @@ class RunDir:
         self.checkpoint = self.path / self.CHECKPOINT
         self.metrics = self.path / self.METRICS
         self.loss_plot = self.path / self.LOSS_PLOT
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, once known
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -79,6 +87,7 @@ class RunDir:
         if "optimizer" not in ckpt:
             raise WavenetError(f"resume: {self.checkpoint} holds no training state (a converted model); "
                                "train a new run instead", param="resume")
+        self.saved_step = ckpt["step"]
         return ckpt
 
     def create(self, resume: bool) -> None:
@@ -101,8 +110,9 @@ class RunDir:
         self._lock = f  # released when the process exits (or this object is collected)
         if not resume:
             self._refuse_existing()  # another run may have finished here meanwhile
-        for stale in self.path.glob(self.CHECKPOINT + ".*.tmp"):  # a write cut short by a kill
-            stale.unlink()
+        for name in (self.CHECKPOINT, self.METRICS, self.LOSS_PLOT):
+            for stale in self.path.glob(name + ".*.tmp"):  # a write cut short by a kill
+                stale.unlink()
 
     def _refuse_existing(self) -> None:
         if self.checkpoint.exists():
@@ -112,15 +122,26 @@ class RunDir:
     # ------------------------------------------------------------------ during a run
 
     def save(self, state: dict) -> None:
-        try:
+        with self._writing(self.checkpoint):
             ckpt_io.save_checkpoint(self.checkpoint, state)
-        except OSError as e:
-            raise WavenetError(f"could not write {self.checkpoint} ({e.strerror}); "
-                               "the previous checkpoint is intact") from None
+        self.saved_step = state.get("step")
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """One JSON line, appended whole or not at all (cut back if the write fails)."""
+        line = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+        with self._writing(self.metrics):
+            fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    while line:
+                        line = line[os.write(fd, line):]
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # no half record for the next reader
+                    raise
+            finally:
+                os.close(fd)
 
     def truncate_metrics(self, step: int) -> None:
         """On resume: drop records written after the checkpoint's step, so that a run that
@@ -129,7 +150,29 @@ class RunDir:
             return
         keep = [line for line in self.metrics.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        with self._writing(self.metrics):
+            ckpt_io.write_atomic(self.metrics, "".join(line + "\n" for line in keep).encode("utf-8"))
+
+    def kept(self, good: str = "") -> str:
+        """What a failed run leaves: 'the checkpoint of step N is kept (PATH)'."""
+        step = self.saved_step
+        if step is None:
+            if not self.checkpoint.exists():
+                return "no checkpoint was written"
+            try:  # another process's run (a rank that does not write): read it
+                step = self.load()["step"]
+            except WavenetError:
+                return f"{self.checkpoint} is as it was"
+        return f"the {good}checkpoint of step {step:,} is kept ({self.checkpoint})"
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """A failed write of `path` -> one line: the file, the cause, what was kept."""
+        try:
+            yield
+        except OSError as e:
+            cause = (e.strerror or type(e).__name__).lower()
+            raise WriteError(f"could not write {path} ({cause}); {self.kept()}") from None
 
     def plot_loss(self, lossi: list) -> bool:
         """The lecture's curve: log10 loss, mean over rows of 1,000 steps. Needs matplotlib
@@ -149,8 +192,11 @@ class RunDir:
         ax.set_xlabel("step")
         ax.set_ylabel("log10 loss (mean of 1,000 steps)")
         fig.tight_layout()
-        fig.savefig(self.loss_plot)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
+        with self._writing(self.loss_plot):
+            ckpt_io.write_atomic(self.loss_plot, png.getbuffer())
         return True
 
 
