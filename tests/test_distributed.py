@@ -260,7 +260,7 @@ def test_a_killed_rank_stops_the_others_with_one_line(victim, data_file, tmp_pat
     _, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 1, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert f"rank {1 - victim} of 2: the process group failed" in err and "checkpoint.pt (step " in err
+    assert f"rank {1 - victim} of 2: the process group failed" in err and "is kept (" in err
     assert RunDir(work).load()["step"] >= 20
     model, _, _ = RunDir(work).load_model()
     assert model.kind == "conv"

@@ -4,6 +4,7 @@ its function; each takes the parsed flags and returns an exit code (errors.py)."
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,126 +65,170 @@ def train(args) -> int:
 
 
 def _train(args, device: str, group) -> int:
-    main = group is None or group.is_main  # rank 0 alone writes and prints
-    say = print if main else (lambda *a, **k: None)
-    run = RunDir(args.work_dir)
-    ok = False
-    try:
-        resumed = run.start(resume=args.resume)
-        model_cfg, cfg = _configs(args, resumed)
-        input_file = args.input_file or (resumed["data"]["path"] if resumed is not None else default_input())
-        words = load_words(input_file, args.max_length)
-        data = data_record(input_file, words, args.max_length)
-        vocab = Vocab.from_words(words)
-        if resumed is not None:
-            if data["sha256"] != resumed["data"]["sha256"]:
-                raise WavenetError(f"resume: {input_file} is not the file this run was trained on "
-                                   "(SHA-256 differs)", param="resume")
-            if vocab != Vocab.from_dict(resumed["vocab"]):
-                raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
-                                   param="resume")
-        splits = split_words(words, seed=data["split_seed"])
-        train_words, val_words, _ = splits
-
-        # build
-        generator = torch.Generator().manual_seed(cfg.seed)
-        model = build_model(model_cfg, len(vocab), generator).to(device)
-        batches = make_batches(model, train_words, vocab, cfg, generator, device, group)
-        ok = True
-    finally:
-        distributed.all_started(ok)
-    if len(set(distributed.gather_object(data["sha256"]))) > 1:  # every rank, the same file
+    """`wavenet train` in one process, or in one rank of a torchrun group (rank 0 writes)."""
+    main = group is None or group.is_main
+    say = print if main else _quiet
+    # check and build, on every rank, before anything is written; under torchrun, all ranks
+    # start or none does (distributed.start_together), from the same file
+    job = distributed.start_together(lambda: _prepare(args, device, group))
+    if not distributed.same_everywhere(job.data["sha256"]):
         raise WavenetError(f"input_file: the processes of the group read different files (this one: "
-                           f"{input_file})", param="input_file")
-    ok = False
-    try:
+                           f"{job.input_file})", param="input_file")
+    distributed.start_together(lambda: job.run.create(resume=args.resume) if main else None)
+
+    # resume
+    session = _Session(job, device, group, announce=args.no_progress)
+    if job.resumed is not None:
+        session.resume(job.resumed)
         if main:
-            run.create(resume=args.resume)
-        ok = True
-    finally:
-        distributed.all_started(ok)
-    optimizer = make_optimizer(model, cfg)
-    step, lossi, best = 0, [], None
-    rank = 0 if group is None else group.rank
-    torch.manual_seed(cfg.seed + rank)  # the stream dropout draws from (the gated WaveNet): one per rank
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        batches.load_state_dict(resumed["batches"])
-        step, lossi, best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
-        _restore_rng(resumed, group, device)
-        if main:
-            run.truncate_metrics(step)
-        say(f"resuming {run.path} at step {step:,}")
-    n_params = sum(p.numel() for p in model.parameters())
+            job.run.truncate_metrics(session.step)
+        say(f"resuming {job.run.path} at step {session.step:,}")
+    train_words, val_words, _ = job.splits
     ranks = "" if group is None else f"; {group.world_size} processes"
-    say(f"{model.kind} model, {n_params:,} parameters; {len(words):,} items, vocabulary {len(vocab)}; "
-        f"{len(train_words):,} train / {len(val_words):,} val names; device {device}{ranks}")
-    ddp = None
-    if group is not None:  # gradients averaged across ranks; BatchNorm syncs its own statistics
-        from torch.nn.parallel import DistributedDataParallel
-        ddp = DistributedDataParallel(model, forward_sync_buffers=False)
-
-    def save(at_step: int) -> None:
-        rngs = distributed.gather_object(_rng_state(device))  # a collective: every rank's stream
-        if not main:
-            return
-        state = dict(**model_state(model, vocab), optimizer=optimizer.state_dict(), step=at_step,
-                     train_config=dataclasses.asdict(cfg), batches=batches.state_dict(),
-                     lossi=torch.tensor(lossi, dtype=torch.float64), data=data, rng=rngs[0]["cpu"])
-        if "cuda" in rngs[0]:  # dropout on a GPU draws from the GPU's stream
-            state["cuda_rng"] = rngs[0]["cuda"]
-        if group is not None:
-            state["rank_rngs"] = rngs
-        run.save(state if best is None else dict(state, best=best))
-
-    val_batches = shard_batches(eval_batches(model, val_words, vocab))  # built once, scored every interval
-
-    def on_interval(at_step: int) -> None:
-        nonlocal best
-        val = split_loss(model, val_words, vocab, device, batches=val_batches, sharded=True)
-        if best is None or val < best["val_loss"]:  # the weights sample and eval use by default
-            best = dict(model={k: v.detach().clone() for k, v in model.state_dict().items()},
-                        step=at_step, val_loss=val)
-        recent = lossi[-100:]  # log10 losses of the last 100 steps
-        if main:
-            run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
-                                "val_loss": val})
-        save(at_step)
-        if args.no_progress:
-            say(f"step {at_step:,}: val loss {val:.4f}")
+    say(f"{job.model.kind} model, {sum(p.numel() for p in job.model.parameters()):,} parameters; "
+        f"{len(job.words):,} items, vocabulary {len(job.vocab)}; {len(train_words):,} train / "
+        f"{len(val_words):,} val names; device {device}{ranks}")
 
     # train
     try:
-        result = train_loop(model, optimizer, batches, cfg, start_step=step, lossi=lossi,
-                            on_interval=on_interval, progress=main and not args.no_progress, ddp=ddp)
+        result = train_loop(job.model, session.optimizer, job.batches, job.cfg, start_step=session.step,
+                            lossi=session.lossi, on_interval=session.on_interval,
+                            progress=main and not args.no_progress, ddp=session.ddp)
     except Diverged as e:
-        raise Diverged(f"{e}; {run.kept('last good ')}", param=e.param) from None
+        raise Diverged(f"{e}; {job.run.kept('last good ')}", param=e.param) from None
     if result.interrupted:
-        save(result.step)
+        session.save(result.step)
         distributed.barrier()  # no rank leaves before the checkpoint is written
-        say(f"interrupted at step {result.step:,}: checkpoint saved to {run.checkpoint}; "
-            f"continue with: wavenet train -o {run.path} --resume")
+        say(f"interrupted at step {result.step:,}: checkpoint saved to {job.run.checkpoint}; "
+            f"continue with: wavenet train -o {job.run.path} --resume")
         return EXIT_INTERRUPTED
 
     # report
-    if main and run.plot_loss(lossi):
-        print(f"loss curve: {run.loss_plot}")
-    scored = sample_for_loss(train_words, seed=cfg.seed)
+    _report(job, session, result.step, args.num_samples, say, device)
+    return EXIT_OK
+
+
+def _quiet(*args, **kwargs) -> None:
+    """`print` on the ranks that do not print."""
+
+
+@dataclass
+class _Job:
+    """What `wavenet train` checks and builds before it writes anything."""
+
+    run: RunDir
+    resumed: dict | None  # the checkpoint to resume from
+    cfg: TrainConfig
+    input_file: Path
+    words: list
+    data: dict            # the data record (rundir.data_record)
+    vocab: Vocab
+    splits: tuple         # (train, val, test)
+    model: torch.nn.Module
+    batches: object       # the training batch source (batches.make_batches)
+
+
+def _prepare(args, device: str, group) -> _Job:
+    """Check the flags, the input file and any checkpoint; build the model and its batches."""
+    run = RunDir(args.work_dir)
+    resumed = run.start(resume=args.resume)
+    model_cfg, cfg = _configs(args, resumed)
+    recorded = resumed["data"]["path"] if resumed is not None else None
+    input_file = Path(args.input_file or recorded or default_input())
+    words = load_words(input_file, args.max_length)
+    data = data_record(input_file, words, args.max_length)
+    vocab = Vocab.from_words(words)
+    if resumed is not None:
+        if data["sha256"] != resumed["data"]["sha256"]:
+            raise WavenetError(f"resume: {input_file} is not the file this run was trained on "
+                               "(SHA-256 differs)", param="resume")
+        if vocab != Vocab.from_dict(resumed["vocab"]):
+            raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
+                               param="resume")
+    splits = split_words(words, seed=data["split_seed"])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(model_cfg, len(vocab), generator).to(device)
+    batches = make_batches(model, splits[0], vocab, cfg, generator, device, group)
+    return _Job(run, resumed, cfg, input_file, words, data, vocab, splits, model, batches)
+
+
+class _Session:
+    """A run in progress: its optimizer, steps, losses and best weights, and what it does at
+    each interval (val loss, metrics, checkpoint). Under torchrun every rank holds one and
+    calls the collectives; rank 0 alone writes."""
+
+    def __init__(self, job: _Job, device: str, group, announce: bool):
+        self.job, self.device, self.group, self.announce = job, device, group, announce
+        self.main = group is None or group.is_main
+        self.optimizer = make_optimizer(job.model, job.cfg)
+        self.step, self.lossi, self.best = 0, [], None
+        torch.manual_seed(job.cfg.seed + (0 if group is None else group.rank))  # dropout's stream, per rank
+        self.ddp = None
+        if group is not None:  # gradients averaged across ranks; BatchNorm syncs its own statistics
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(job.model, forward_sync_buffers=False)
+        self.val_batches = shard_batches(eval_batches(job.model, job.splits[1], job.vocab))  # built once
+
+    def resume(self, resumed: dict) -> None:
+        job = self.job
+        job.model.load_state_dict(resumed["model"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        job.batches.load_state_dict(resumed["batches"])
+        self.step, self.lossi, self.best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
+        _restore_rng(resumed, self.group, self.device)
+
+    def save(self, at_step: int) -> None:
+        job = self.job
+        rngs = distributed.gather_object(_rng_state(self.device))  # a collective: every rank's stream
+        if not self.main:
+            return
+        state = dict(**model_state(job.model, job.vocab), optimizer=self.optimizer.state_dict(), step=at_step,
+                     train_config=dataclasses.asdict(job.cfg), batches=job.batches.state_dict(),
+                     lossi=torch.tensor(self.lossi, dtype=torch.float64), data=job.data, rng=rngs[0]["cpu"])
+        if "cuda" in rngs[0]:  # dropout on a GPU draws from the GPU's stream
+            state["cuda_rng"] = rngs[0]["cuda"]
+        if self.group is not None:
+            state["rank_rngs"] = rngs
+        job.run.save(state if self.best is None else dict(state, best=self.best))
+
+    def on_interval(self, at_step: int) -> None:
+        job = self.job
+        val = split_loss(job.model, job.splits[1], job.vocab, self.device, batches=self.val_batches,
+                         sharded=True)
+        if self.best is None or val < self.best["val_loss"]:  # the weights sample and eval use by default
+            self.best = dict(model={k: v.detach().clone() for k, v in job.model.state_dict().items()},
+                             step=at_step, val_loss=val)
+        recent = self.lossi[-100:]  # log10 losses of the last 100 steps
+        if self.main:
+            job.run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
+                                    "val_loss": val})
+        self.save(at_step)
+        if self.main and self.announce:  # no progress bar: one line per interval instead
+            print(f"step {at_step:,}: val loss {val:.4f}")
+
+
+def _report(job: _Job, session: _Session, step: int, num_samples: int, say, device: str) -> None:
+    """The end of a run: the loss curve, train and val loss, the best weights, samples."""
+    model, vocab = job.model, job.vocab
+    train_words, val_words, _ = job.splits
+    if session.main and job.run.plot_loss(session.lossi):
+        print(f"loss curve: {job.run.loss_plot}")
+    scored = sample_for_loss(train_words, seed=job.cfg.seed)
     of = "" if len(scored) == len(train_words) else f" (a seeded sample of {len(scored):,} of " \
                                                      f"{len(train_words):,} train names)"
     say(f"train loss {split_loss(model, scored, vocab, device, sharded=True):.4f}{of}")
-    say(f"val loss   {split_loss(model, val_words, vocab, device, val_batches, sharded=True):.4f}")
-    say(f"checkpoint: {run.checkpoint}")
+    say(f"val loss   {split_loss(model, val_words, vocab, device, session.val_batches, sharded=True):.4f}")
+    say(f"checkpoint: {job.run.checkpoint}")
+    best = session.best
     if best is not None:
-        last = " (the last step's)" if best["step"] == result.step else ""
+        last = " (the last step's)" if best["step"] == step else ""
         say(f"best val loss {best['val_loss']:.4f} at step {best['step']:,}{last}: "
             "the weights sample and eval use")
         model.load_state_dict(best["model"])
-    if args.num_samples and main:
-        names = _sample(model, vocab, args.num_samples, torch.Generator().manual_seed(cfg.seed), data, device)
-        _print_marked(names, splits)
-    return EXIT_OK
+    if num_samples and session.main:
+        generator = torch.Generator().manual_seed(job.cfg.seed)
+        names = _sample(model, vocab, num_samples, generator, job.data, device)
+        _print_marked(names, job.splits)
 
 
 def _rng_state(device: str) -> dict:

@@ -29,6 +29,7 @@ import gc
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from .errors import EXIT_FAILED, WavenetError
 
 DEFAULT_TIMEOUT_S = 300
+T = TypeVar("T")
 
 
 class GroupError(WavenetError):
@@ -182,11 +184,23 @@ def agree(ok: bool) -> bool:
     return flag.item() == 0
 
 
-def all_started(ok: bool) -> None:
-    """Every rank learns whether all of them got this far (a collective). One that did not
-    has printed its own error; the others stop too, instead of waiting for it."""
-    if _GROUP is not None and not agree(ok) and ok:
-        raise WavenetError("another process of the group could not start (its error is above)")
+def start_together(prepare: Callable[[], T]) -> T:
+    """`prepare()` on every rank, then every rank learns whether all of them succeeded (a
+    collective). A rank whose `prepare` raised stops with its own error; the others stop too,
+    instead of waiting for it in the next collective. One process: just `prepare()`."""
+    ok = False
+    try:
+        result = prepare()
+        ok = True
+        return result
+    finally:
+        if _GROUP is not None and not agree(ok) and ok:
+            raise WavenetError("another process of the group could not start (its error is above)")
+
+
+def same_everywhere(value) -> bool:
+    """Whether every rank holds the same `value` (a collective; picklable values)."""
+    return len(set(gather_object(value))) == 1
 
 
 def is_group_failure(e: BaseException) -> bool:
