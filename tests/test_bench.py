@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,19 @@ def test_a_busy_race_is_run_again_and_the_calmest_is_reported(names, monkeypatch
     third = bench.bench_train(mlp, conv, words, vocab, 32, cfg, calm)
     assert third["races"] == bench.RACES and abs(third["calm"] - 1 / 1.2) < 1e-12
     assert third["speedup"] == pytest.approx(first["speedup"] / 1.2, rel=1e-12)
+
+
+def test_a_users_benchmark_leaves_the_checkout_clean(tmp_path):
+    """`wavenet bench` writes into --out (bench/, ignored by git) and appends to a
+    performance log only when --log names one."""
+    from wavenet.cli import build_parser
+
+    args = build_parser().parse_args(["bench"])
+    assert args.out == "bench" and args.log is None
+    results = dict(mode="speedrun", machine=bench.machine("cpu"), speedrun={"runs": {}})
+    written = bench.write_outputs(results, tmp_path / "bench", None)
+    assert written == [tmp_path / "bench" / "bench.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # no log beside it
+    repo = Path(__file__).resolve().parent.parent
+    ignored = subprocess.run(["git", "check-ignore", "-q", "bench/bench.json"], cwd=repo)
+    assert ignored.returncode == 0, "bench/ is not ignored by git"

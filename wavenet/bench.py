@@ -444,9 +444,10 @@ def log_line(results: dict) -> str:
             f"{m['torch']} | {m['commit']} | {key} |")
 
 
-def write_outputs(results: dict, out_dir: Path, perf_log: Path) -> list[Path]:
+def write_outputs(results: dict, out_dir: Path, perf_log: Path | None = None) -> list[Path]:
     """bench.json holds the latest run of each kind: a speedrun replaces only its own section
-    (stamped with its machine and commit), a benchmark run keeps an earlier speedrun's."""
+    (stamped with its machine and commit), a benchmark run keeps an earlier speedrun's.
+    `perf_log`: a markdown table to append this run's line to (created if missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.json"
     try:
@@ -463,6 +464,8 @@ def write_outputs(results: dict, out_dir: Path, perf_log: Path) -> list[Path]:
     written = [path]
     if results["mode"] != "speedrun" and plot(results, out_dir / "speedup.png"):
         written.append(out_dir / "speedup.png")
+    if perf_log is None:
+        return written
     if not perf_log.exists():
         perf_log.write_text("# Performance log\n\nOne row per `wavenet bench` run (quick, full or "
                             "speedrun).\n\n"

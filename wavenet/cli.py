@@ -109,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="names to build both data sets from [data/names.txt]")
     b.add_argument("--blocks", default=None, help="comma-separated block sizes [8,16,32,64]")
     b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure, median reported [5]")
-    b.add_argument("--out", default="benchmarks/results", help="folder for bench.json and speedup.png "
-                   "[benchmarks/results]")
-    b.add_argument("--log", default="benchmarks/perf_log.md", help="performance log to append a line to "
-                   "[benchmarks/perf_log.md]")
+    b.add_argument("--out", default="bench", help="folder for bench.json and speedup.png (ignored by git) "
+                   "[bench]")
+    b.add_argument("--log", default=None, metavar="FILE", help="also append the run's line to this "
+                   "performance log, e.g. benchmarks/perf_log.md [none]")
     return p
 
 

@@ -376,7 +376,7 @@ def bench(args) -> int:
         table = benchmarks.markdown(results)
     print()
     print(table)
-    for path in benchmarks.write_outputs(results, Path(args.out), Path(args.log)):
+    for path in benchmarks.write_outputs(results, Path(args.out), Path(args.log) if args.log else None):
         print(f"wrote {path}")
     return EXIT_OK
 
