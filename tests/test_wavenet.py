@@ -112,10 +112,12 @@ def test_extra_padding_changes_nothing(shape, training):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-def test_packed_training_is_the_padded_function(shape, dtype, tol):
-    """The packed step (no padding computed, one shared boundary row) gives the padded
-    path's loss, every gradient and every real target's log-probability (dropout 0)."""
-    m = make(dtype=dtype, **shape).train()
+@pytest.mark.parametrize("training", [True, False])
+def test_the_packed_path_is_the_padded_function(shape, dtype, tol, training):
+    """The packed path (no prefix or padding computed, one shared boundary row), in training
+    and in eval mode, gives the padded reference's loss, every gradient and every real
+    target's log-probability (dropout 0)."""
+    m = make(dtype=dtype, **shape).train(training)
     X, Y = pad_names(WORDS, VOCAB, m.block_size)
     Y[2, 1] = -1  # an ignored target inside a name
     Y[4, 0] = -1  # and one at output 0
