@@ -1,4 +1,5 @@
-"""Resident memory (slow): flat over a long run; bounded when one line is very long."""
+"""Resident memory (slow): flat over a long run; bounded when one line is very long or the
+vocabulary is big."""
 
 import os
 import random
@@ -57,21 +58,25 @@ PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).r
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
 
 
+def train_and_eval_peaks(path: Path, work: Path, *flags) -> dict:
+    """Peak resident MiB of `wavenet train -i path -o work FLAGS`, then of `wavenet eval`."""
+    peaks = {}
+    train = ["train", "-i", str(path), "-o", str(work), *flags, "-n", "0", "--no-progress"]
+    for name, argv in (("train", train), ("eval", ["eval", "-o", str(work)])):
+        proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "wavenet", *argv],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        peaks[name] = int(proc.stdout.splitlines()[-1]) / 1024
+    return peaks
+
+
 @pytest.mark.slow
 def test_one_long_line_keeps_train_and_eval_under_1_5_gb(tmp_path, names):
     """3,000 names and one 990-character line: before evaluation batches were bounded by
     padded positions, `wavenet train` on such a file peaked at 4.7 GB."""
     path = tmp_path / "long.txt"
     path.write_text("\n".join(names[:3000] + ["".join(random.Random(0).choices("abcdefghij", k=990))]) + "\n")
-    work = tmp_path / "run"
-    peaks = {}
-    for name, argv in (("train", ["train", "-i", str(path), "-o", str(work), "--max-steps", "20", "-n", "0",
-                                  "--no-progress"]),
-                       ("eval", ["eval", "-o", str(work)])):
-        proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "wavenet", *argv],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        peaks[name] = int(proc.stdout.splitlines()[-1]) / 1024
+    peaks = train_and_eval_peaks(path, tmp_path / "run", "--max-steps", "20")
     print(f"\npeak RSS MiB: train {peaks['train']:.0f}, eval {peaks['eval']:.0f}")
     assert max(peaks.values()) < 1.5 * 1024, peaks
 
@@ -91,15 +96,7 @@ def cjk_file(path: Path) -> Path:
 def test_a_big_vocabulary_trains_and_evaluates_under_1_5_gb(tmp_path, kind):
     """Evaluation batches bounded in logits (positions x vocabulary): before, a 200-step conv
     run on this file peaked at 2.28 GB, its evaluation batches holding 32,768 x 3,001 logits."""
-    path = cjk_file(tmp_path / "cjk.txt")
-    work = tmp_path / "run"
-    peaks = {}
-    for name, argv in (("train", ["train", "--model", kind, "-i", str(path), "-o", str(work),
-                                  "--max-steps", "200", "-n", "0", "--no-progress"]),
-                       ("eval", ["eval", "-o", str(work)])):
-        proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "wavenet", *argv],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        peaks[name] = int(proc.stdout.splitlines()[-1]) / 1024
+    peaks = train_and_eval_peaks(cjk_file(tmp_path / "cjk.txt"), tmp_path / "run", "--model", kind,
+                                 "--max-steps", "200")
     print(f"\n{kind}, vocabulary 3,001: peak RSS MiB train {peaks['train']:.0f}, eval {peaks['eval']:.0f}")
     assert max(peaks.values()) < 1.5 * 1024, peaks
