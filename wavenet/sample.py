@@ -46,7 +46,7 @@ class FullStepper:
 
 
 class CachedStepper:
-    """A convolutional model with its cache (`ConvCache`, `WaveNetCache`): one new position
+    """A convolutional model with its cache (`models.cache.RingCache`): one new position
     per layer per step."""
 
     def __init__(self, model, num: int, device):
