@@ -1,6 +1,7 @@
 """Shared fixtures. Helpers are fixtures, not imports: a test asks for what it uses."""
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,16 @@ def cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+@pytest.fixture(scope="session")
+def scores_of():
+    """`scores_of(work)`: each record of a run's metrics.jsonl without its clock (train_s,
+    eval_s: seconds, which no two runs share), for comparing two runs."""
+    def scores(work):
+        records = [json.loads(line) for line in (Path(work) / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("train_s", "eval_s")} for r in records]
+    return scores
 
 
 @pytest.fixture(scope="session")

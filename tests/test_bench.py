@@ -22,6 +22,36 @@ def test_flops_per_target_from_layer_shapes():
     assert abs(bench.flops_per_target(big[0]) / bench.flops_per_target(big[1]) - 7.01) < 0.01
 
 
+def test_forward_flops_of_every_kind_from_layer_shapes():
+    """Per target position, 2 x multiply-adds of each kind's matrix products at its default
+    shape (vocabulary 27), written out from the architectures, not from the code."""
+    from wavenet.bench_kinds import forward_flops
+    from wavenet.config import model_config
+    from wavenet.models import build_model
+    flops = {k: forward_flops(build_model(model_config(k), 27)) for k in ("wavenet", "lstm", "gru", "transformer")}
+    C, S = 128, 256  # wavenet: 8 blocks of conv 2C -> 2C and 1x1 C -> C + S (the last: C -> S), then S -> S -> 27
+    assert flops["wavenet"] == 2 * (8 * 2 * C * 2 * C + 7 * C * (C + S) + C * S + S * S + S * 27)
+    H = 256  # two layers, 4 (LSTM) or 3 (GRU) gates over [input 256 | state 256], then 256 -> 27
+    assert flops["lstm"] == 2 * (2 * 4 * H * (H + H) + H * 27)
+    assert flops["gru"] == 2 * (2 * 3 * H * (H + H) + H * 27)
+    E = 128  # four blocks of 3E + E (attention) and 4E + 4E (MLP) products of E, then E -> 27
+    assert flops["transformer"] == 2 * (4 * 12 * E * E + E * 27)
+
+
+def test_every_kind_side_by_side(names):
+    from wavenet import bench_kinds
+    result = bench_kinds.compare(names[:600], kinds=("mlp", "wavenet", "gru", "transformer"), repeats=1,
+                                 steps=2, sample_names=4)
+    assert result["gemm_gflops"] > 0
+    for kind, r in result["kinds"].items():
+        assert r["train_targets_per_s"] > 0 and r["eval_targets_per_s"] > 0 and r["sample_names_per_s"] > 0
+        assert r["train_fraction"] == r["train_gflops"] / result["gemm_gflops"]
+        assert r["bytes_per_target"] > 0
+    assert result["kinds"]["mlp"]["targets_per_step"] == 32  # the lecture's windows
+    assert 64 * 2 < result["kinds"]["wavenet"]["targets_per_step"] < 64 * 16  # 64 whole names
+    assert "| transformer |" in bench_kinds.markdown(result)
+
+
 def test_full_names_are_deterministic_and_keep_every_target(names):
     a, b = bench.full_names(names[:100]), bench.full_names(names[:100])
     assert a == b and " ".join(a) == " ".join(names[:100])
@@ -30,7 +60,8 @@ def test_full_names_are_deterministic_and_keep_every_target(names):
 
 def test_tiny_run_reports_everything(names, tmp_path):
     cfg = dataclasses.replace(bench.QUICK, blocks=(4,), repeats=1, eval_words=40, sample_names=8,
-                              lecture_names=2, train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8))
+                              lecture_names=2, train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8),
+                              kinds=("lstm", "conv"), kind_repeats=1)
     results = bench.run(names[:400], cfg, log=lambda line: None)
     assert [(r["dataset"], r["block"]) for r in results["rows"]] == [("names", 4), ("fullnames", 4)]
     for row in results["rows"]:
@@ -39,6 +70,7 @@ def test_tiny_run_reports_everything(names, tmp_path):
         assert row["train"][0]["conv_bytes_per_pos"] > 0
     table = bench.markdown(results)
     assert "| names | 4 |" in table and "| fullnames | 4 |" in table
+    assert list(results["kinds"]["kinds"]) == ["lstm", "conv"] and "| lstm | 1,066,523 | 64 |" in table
     log = tmp_path / "perf_log.md"
     written = bench.write_outputs(results, tmp_path / "out", log)
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["rows"][0]["block"] == 4
@@ -50,7 +82,7 @@ def test_tiny_run_reports_everything(names, tmp_path):
 def test_tiny_run_measures_the_machine_and_each_training_path(names):
     cfg = dataclasses.replace(bench.QUICK, blocks=(8,), repeats=1, datasets=("names",), eval_words=20,
                               sample_names=2, lecture_names=1, train_positions=(64,),
-                              model=MLPConfig(n_embd=4, n_hidden=16))
+                              model=MLPConfig(n_embd=4, n_hidden=16), kinds=())
     t = bench.run(names[:300], cfg, log=lambda line: None)["rows"][0]["train"][0]
     assert t["gemm_gflops"] > 0
     for name in ("mlp", "conv", "conv_ref"):
@@ -65,18 +97,22 @@ def test_speedrun_times_both_recipes_and_keeps_the_benchmark(names, tmp_path, mo
     from wavenet.config import TrainConfig
     monkeypatch.setattr(speedrun, "TARGET", 3.2)  # reachable in a few dozen steps
     recipes = {"mlp": TrainConfig(max_steps=40, batch_size=16),
-               "conv": TrainConfig(max_steps=20, batch_size=4)}
-    result = speedrun.speedrun(names[:300], log=lambda line: None, recipes=recipes)
-    for kind, steps in (("mlp", 40), ("conv", 20)):
+               "conv": TrainConfig(max_steps=20, batch_size=4), "lstm": TrainConfig(max_steps=20, batch_size=4, optimizer="adamw", learning_rate=1e-2)}
+    monkeypatch.setattr(speedrun, "TARGETS", (3.2, 3.0, 0.5))
+    result = speedrun.speedrun(names[:300], log=lambda line: None, recipes=recipes, kinds=("mlp", "conv", "lstm"))
+    assert list(result["runs"]) == ["mlp", "conv", "lstm"]
+    for kind, steps in (("mlp", 40), ("conv", 20), ("lstm", 20)):
         run = result["runs"][kind]
         assert [s for s, _, _ in run["curve"]] == list(range(steps // 20, steps + 1, steps // 20))
         seconds = [t for _, t, _ in run["curve"]]
         assert seconds == sorted(seconds) and seconds[0] > 0
         first = next(p for p in run["curve"] if p[2] <= 3.2)
-        assert run["reached"] == dict(step=first[0], seconds=first[1], val=first[2])
+        assert run["reached"] == run["reached_at"]["3.2"] == dict(step=first[0], seconds=first[1], val=first[2])
+        assert run["reached_at"]["0.5"] is None  # not reached: said so, not dropped
     reached = {kind: run["reached"]["seconds"] for kind, run in result["runs"].items()}
     assert result["ratio"] == reached["mlp"] / reached["conv"]
-    assert "| lecture (MLP) | 40 |" in speedrun.markdown(result)
+    table = speedrun.markdown(result)
+    assert "| lecture (MLP) | 40 |" in table and "| lstm | 20 |" in table and "first val <= 0.5 |" in table
     out, log = tmp_path / "out", tmp_path / "log.md"
     (out).mkdir()
     (out / "bench.json").write_text(json.dumps({"mode": "quick", "rows": [1, 2]}))

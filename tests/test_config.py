@@ -77,8 +77,12 @@ def test_cli_help_shows_each_kinds_defaults_from_the_configs():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())
     assert (f"[conv {RECIPES['conv'].max_steps}, mlp {RECIPES['mlp'].max_steps}, "
-            f"wavenet {RECIPES['wavenet'].max_steps}]") in text
-    assert "dropout probability in training [wavenet 0.3]" in " ".join(text.split())
+            f"wavenet {RECIPES['wavenet'].max_steps}, lstm {RECIPES['lstm'].max_steps}, "
+            f"gru {RECIPES['gru'].max_steps}, transformer {RECIPES['transformer'].max_steps}]") in text
+    assert "dropout probability in training [wavenet 0.3, lstm 0.3, gru 0.3, transformer 0.2]" in text
+    # one field, two meanings: each with its kinds
+    assert ("wavenet: blocks per dilation cycle (dilations 1, 2, 4, ...); lstm, gru, transformer: layers "
+            "[wavenet 4, lstm 2, gru 2, transformer 4]") in text
     assert (f"context length, a power of two [conv {ConvConfig().block_size}, "
             f"mlp {MLPConfig().block_size}]") in text
     assert "--model {" + ",".join(MODEL_CONFIGS) + "}" in text

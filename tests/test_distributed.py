@@ -171,6 +171,8 @@ def test_dist_timeout_must_be_positive(tiny_file, tmp_path, cli, one_line_error,
     ("conv", []),
     ("mlp", []),
     ("wavenet", ["--dropout", "0", "--n-residual", "32", "--n-skip", "48"]),
+    ("lstm", ["--dropout", "0", "--n-embd", "16", "--n-hidden", "24"]),
+    ("transformer", ["--dropout", "0", "--n-embd", "16", "--n-head", "2", "--n-layers", "2"]),
 ])
 def test_two_processes_train_what_one_does(kind, flags, data_file, tmp_path, cli, group_of):
     """30 steps, val every 10: parameters, BatchNorm buffers, every step's loss and the val

@@ -205,13 +205,25 @@ def eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_P
     """Batches covering every target of `words` once, in the layout the model takes, in the
     words' order, each at most `eval_positions(len(vocab), max_positions)` target positions:
     the MLP's windows (X, Y) in chunks; whole names packed, (PackedNames, None), for the
-    convolutional models (no prefix, no padding computed). A name longer than the budget on
-    its own gets a batch of its own."""
+    convolutional models (no prefix, no padding computed); `pad_names` rows (X, Y) for the
+    peers (lstm, gru, transformer), names of one length together (the padding is then
+    none; the batches follow the words' order within each length). A name longer than the
+    budget on its own gets a batch of its own."""
     budget = eval_positions(len(vocab), max_positions)
     if model.kind == "mlp":
         X, Y = build_windows(words, vocab, model.block_size)
         for i in range(0, len(X), budget):
             yield X[i:i + budget], Y[i:i + budget]
+        return
+    if not hasattr(model, "dilations"):  # a peer: padded rows, by length
+        order = sorted(range(len(words)), key=lambda i: len(words[i]))
+        first = 0
+        while first < len(order):
+            width = len(words[order[first]]) + 1  # targets of each name of this batch
+            last = first + max(1, budget // width)
+            chosen = [words[i] for i in order[first:last] if len(words[i]) + 1 == width]
+            yield pad_names(chosen, vocab, model.block_size)
+            first += len(chosen)
         return
     chars, lengths = vocab.encode_all(words)
     ends = torch.cumsum(lengths + 1, 0).tolist()  # targets up to and including each name
@@ -347,13 +359,16 @@ class NameBatches:
 def make_batches(model, words, vocab, cfg, generator: torch.Generator, device="cpu",
                  group: Group | None = None):
     """The batch source a model trains on (cfg: a `TrainConfig`): whole names for the
-    convolutional models, the lecture's random windows (drawn from `generator`, the stream
-    that initialised the model) for the MLP; this rank's share of each batch under torchrun."""
+    convolutional models (packed) and the peers (`pad_names` rows), the lecture's random
+    windows (drawn from `generator`, the stream that initialised the model) for the MLP;
+    this rank's share of each batch under torchrun."""
     if group is not None and cfg.batch_size < group.world_size:
         raise WavenetError(f"batch_size {cfg.batch_size} is smaller than the {group.world_size} processes: "
                            "each needs a share of every batch", param="batch_size")
     if model.kind == "mlp":
         return WindowBatches.from_words(words, vocab, model.block_size, cfg.batch_size, generator, device,
                                         group)
+    dilations = getattr(model, "dilations", None)  # None: a peer, on padded rows
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length, dilations=model.dilations, group=group)
+                       group_by_length=cfg.group_by_length, packed=dilations is not None, dilations=dilations,
+                       group=group)

@@ -1,6 +1,7 @@
-"""Benchmarks: the per-position MLP against the convolution, side by side, in one process.
+"""Benchmarks: the per-position MLP against the convolution, side by side, in one process;
+then every model kind side by side (bench_kinds.py).
 
-Every figure compares the two models on the same weights (the conv is `from_mlp` of the
+Every MLP-vs-conv figure compares the two models on the same weights (the conv is `from_mlp` of the
 MLP), the same work and the same threads, timed alternately (MLP, conv, MLP, conv, ...)
 after a warm-up, and reported as the median of the repeats. Beside each measured speed-up
 stands the limit the layer shapes allow: the ratio of FLOPs per target position.
@@ -43,6 +44,8 @@ class BenchConfig:
     lecture_names: int = 10              # the one-name-at-a-time loop is slow: fewer names, per-name rate
     model: MLPConfig = MLPConfig()       # widths of both models; block_size is replaced by each of `blocks`
     seed: int = 42
+    kinds: tuple = ("mlp", "conv", "wavenet", "lstm", "gru", "transformer")  # side by side at default shapes
+    kind_repeats: int = 3
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -56,7 +59,7 @@ class BenchConfig:
 
 
 QUICK = BenchConfig()
-FULL = BenchConfig(quick=False, eval_words=None, sample_names=1_000, lecture_names=1_000)
+FULL = BenchConfig(quick=False, eval_words=None, sample_names=1_000, lecture_names=1_000, kind_repeats=7)
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -313,6 +316,11 @@ def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
             log(f"{dname} block {block}: cached sampling "
                 f"{row['sample']['cached_vs_lecture']:.1f}x the lecture loop")
             results["rows"].append(row)
+    if cfg.kinds:
+        from .bench_kinds import compare
+        results["kinds"] = compare(names, cfg.device, cfg.kinds, repeats=cfg.kind_repeats, seed=cfg.seed)
+        log("every kind: " + ", ".join(f"{k} {r['train_targets_per_s']:,.0f} targets/s"
+                                       for k, r in results["kinds"]["kinds"].items()))
     return results
 
 
@@ -393,6 +401,9 @@ def markdown(results: dict) -> str:
               ("every target of the training split" if results["config"]["eval_words"] is None else
                f"the first {results['config']['eval_words']:,} items of the training split") + ", per model. "
               f"Median of {results['config']['repeats']} alternating repeats after a warm-up."]
+    if results.get("kinds"):
+        from .bench_kinds import markdown as kinds_markdown
+        lines += ["", kinds_markdown(results["kinds"])]
     return "\n".join(lines)
 
 
@@ -428,18 +439,23 @@ def log_line(results: dict) -> str:
     m = results["machine"]
     if results["mode"] == "speedrun":
         r = results["speedrun"]
-        times = {k: run["reached"]["seconds"] if run["reached"] else None for k, run in r["runs"].items()}
-        key = (f"time to val <= {r['target']}: lecture MLP "
-               + (f"{times['mlp']:.0f} s" if times["mlp"]
-                  else f"not reached in {r['runs']['mlp']['train_s']:.0f} s")
-               + ", default conv " + (f"{times['conv']:.1f} s" if times["conv"] else "not reached")
-               + (f" ({r['ratio']:.1f}x)" if r["ratio"] else "")
-               + f"; final val {r['runs']['mlp']['final_val']:.4f} / {r['runs']['conv']['final_val']:.4f}")
+
+        def when(run, target):
+            hit = run.get("reached_at", {}).get(str(target)) if target != r["target"] else run["reached"]
+            return f"{hit['seconds']:.0f} s" if hit else "-"
+        key = "; ".join(f"{kind} " + " / ".join(when(run, t) for t in r.get("targets", [r["target"]]))
+                        + f" (final {run['final_val']:.4f})" for kind, run in r["runs"].items())
+        key = (f"time to val <= {' / '.join(map(str, r.get('targets', [r['target']])))}: {key}"
+               + (f"; MLP / conv at {r['target']}: {r['ratio']:.1f}x" if r["ratio"] else ""))
     else:
         key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x "
                         f"train {r['train'][-1]['speedup']:.2f}x (flop {r['flop_ratio']:.2f}x, "
                         f"{r['train'][-1]['conv_fraction']:.0%} of GEMM) "
                         f"cached {r['sample']['cached_vs_lecture']:.0f}x" for r in results["rows"])
+        if results.get("kinds"):
+            key += "; training targets/s: " + ", ".join(
+                f"{k} {r['train_targets_per_s']:,.0f} ({r['train_fraction']:.0%})"
+                for k, r in results["kinds"]["kinds"].items())
     return (f"| {m['date']} | {results['mode']} | {m['device']} | {m['gpu'] or m['cpu']} | {m['threads']} | "
             f"{m['torch']} | {m['commit']} | {key} |")
 

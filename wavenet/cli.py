@@ -38,18 +38,23 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
     """One flag per field of the configs in `defaults` ({kind: config instance}), left None
     when not given; the help shows the default, per kind where the kinds differ. A field's
     metadata gives its help, optionally a metavar and a `parse` function (default: its type)."""
-    seen: dict[str, tuple[dataclasses.Field, dict]] = {}
+    seen: dict[str, tuple[dataclasses.Field, dict, dict]] = {}
     for kind, config in defaults.items():
         for f in dataclasses.fields(config):
-            seen.setdefault(f.name, (f, {}))[1][kind] = getattr(config, f.name)
-    for name, (f, values) in seen.items():
+            _, values, helps = seen.setdefault(f.name, (f, {}, {}))
+            values[kind] = getattr(config, f.name)
+            helps.setdefault(f.metadata["help"], []).append(kind)
+    for name, (f, values, helps) in seen.items():
         if len(set(values.values())) == 1 and len(values) == len(defaults):
             shown = str(next(iter(values.values())))
         else:
             shown = ", ".join(f"{kind} {value}" for kind, value in values.items())
+        # kinds that mean different things by one field: each meaning, with its kinds
+        text = next(iter(helps)) if len(helps) == 1 else "; ".join(
+            f"{', '.join(kinds)}: {meaning}" for meaning, kinds in helps.items())
         parse = f.metadata.get("parse") or (f.type if isinstance(f.type, type) else PARSERS[f.type])
         parser.add_argument("--" + name.replace("_", "-"), type=parse, default=None,
-                            metavar=f.metadata.get("metavar"), help=f"{f.metadata['help']} [{shown}]")
+                            metavar=f.metadata.get("metavar"), help=f"{text} [{shown}]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--work-dir", default="out", help="run directory holding an MLP checkpoint [out]")
     c.add_argument("--into", default=None, help="new run directory for the conv checkpoint [WORK_DIR-conv]")
 
-    b = sub.add_parser("bench", help="MLP vs conv: evaluation, training, sampling, memory, across contexts")
+    b = sub.add_parser("bench", help="MLP vs conv across contexts, then every kind side by side: training, "
+                       "evaluation, memory, sampling")
     b.add_argument("--full", action="store_true", help="the whole training split and 1,000-name lecture loop "
                    "(tens of minutes on 2 cores); default: quick mode, under 2 minutes")
-    b.add_argument("--speedrun", action="store_true", help="instead: time to val <= 1.993 of the lecture's "
-                   "recipe (MLP) against the default recipe (conv), both trained in this process (minutes)")
+    b.add_argument("--speedrun", action="store_true", help="instead: time to val <= 1.993, 1.95 and 1.92 of "
+                   "every kind's default recipe, each trained in this process (about 45 minutes on 2 cores)")
+    b.add_argument("--kinds", default=None, help="comma-separated model kinds for the side-by-side section "
+                   "and the speedrun [all: mlp,conv,wavenet,lstm,gru,transformer]")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
     b.add_argument("-i", "--input-file", default=None,
                    help="names to build both data sets from [data/names.txt]")

@@ -4,6 +4,7 @@ its function; each takes the parsed flags and returns an exit code (errors.py)."
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, make_optimizer, train_loop
+from .train import Diverged, fit_to_budget, make_optimizer, train_loop
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))
@@ -76,7 +77,7 @@ def _train(args, device: str, group) -> int:
                            f"{job.input_file})", param="input_file")
     distributed.start_together(lambda: job.run.create(resume=args.resume) if main else None)
 
-    # resume
+    # resume, or fit the time budget
     session = _Session(job, device, group, announce=args.no_progress)
     if job.resumed is not None:
         session.resume(job.resumed)
@@ -88,14 +89,18 @@ def _train(args, device: str, group) -> int:
     say(f"{job.model.kind} model, {sum(p.numel() for p in job.model.parameters()):,} parameters; "
         f"{len(job.words):,} items, vocabulary {len(job.vocab)}; {len(train_words):,} train / "
         f"{len(val_words):,} val names; device {device}{ranks}")
+    if job.resumed is None and job.cfg.time_budget:
+        session.fit_budget(eval_interval_given=args.eval_interval is not None, say=say)
 
     # train
+    session.start_clock()
     try:
         result = train_loop(job.model, session.optimizer, job.batches, job.cfg, start_step=session.step,
                             lossi=session.lossi, on_interval=session.on_interval,
                             progress=main and not args.no_progress, ddp=session.ddp)
     except Diverged as e:
         raise Diverged(f"{e}; {job.run.kept('last good ')}", param=e.param) from None
+    session.tick()
     if result.interrupted:
         session.save(result.step)
         distributed.barrier()  # no rank leaves before the checkpoint is written
@@ -145,6 +150,10 @@ def _prepare(args, device: str, group) -> _Job:
         if vocab != Vocab.from_dict(resumed["vocab"]):
             raise WavenetError("resume: the checkpoint's vocabulary differs from the input file's",
                                param="resume")
+    if model_cfg.kind == "transformer" and data["longest"] + 1 > model_cfg.n_positions:
+        raise WavenetError(f"{input_file}: its longest line has {data['longest']:,} characters, more than "
+                           f"the {model_cfg.n_positions - 1:,} this transformer reads (one fewer than its "
+                           f"positions): give n_positions {data['longest'] + 1} or more", param="n_positions")
     splits = split_words(words, seed=data["split_seed"])
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(model_cfg, len(vocab), generator).to(device)
@@ -162,6 +171,8 @@ class _Session:
         self.main = group is None or group.is_main
         self.optimizer = make_optimizer(job.model, job.cfg)
         self.step, self.lossi, self.best = 0, [], None
+        # the clock: training seconds (with a budget's probe) and evaluation + checkpoint seconds
+        self.clock, self.budget, self._since = {"train_s": 0.0, "eval_s": 0.0}, None, 0.0
         torch.manual_seed(job.cfg.seed + (0 if group is None else group.rank))  # dropout's stream, per rank
         self.ddp = None
         if group is not None:  # gradients averaged across ranks; BatchNorm syncs its own statistics
@@ -175,7 +186,36 @@ class _Session:
         self.optimizer.load_state_dict(resumed["optimizer"])
         job.batches.load_state_dict(resumed["batches"])
         self.step, self.lossi, self.best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
+        self.clock.update(resumed.get("clock", {}))
+        self.budget = resumed.get("budget")
         _restore_rng(resumed, self.group, self.device)
+
+    def fit_budget(self, eval_interval_given: bool, say) -> None:
+        """Fix max_steps (and eval_interval) to the time budget (train.fit_to_budget)."""
+        job = self.job
+        fitted = fit_to_budget(job.model, job.batches, job.cfg, eval_interval_given=eval_interval_given,
+                               ddp=self.ddp)
+        job.cfg = fitted.cfg
+        self.budget = dict(minutes=job.cfg.time_budget, step_s=fitted.step_s, probe_s=fitted.probe_s,
+                           probe_steps=fitted.probe_steps)
+        self.clock["train_s"] = fitted.probe_s
+        say(f"time budget {job.cfg.time_budget:g} min: {job.cfg.max_steps:,} steps at "
+            f"{fitted.step_s * 1e3:.1f} ms "
+            f"(measured over {fitted.probe_steps} steps; {fitted.probe_s:.1f} s of the budget), val every "
+            f"{job.cfg.eval_interval:,} steps, evaluation not counted")
+
+    def start_clock(self) -> None:
+        self._since = time.perf_counter()
+
+    def _lap(self) -> float:
+        """Seconds since the last lap (or start_clock)."""
+        now = time.perf_counter()
+        lap, self._since = now - self._since, now
+        return lap
+
+    def tick(self) -> None:
+        """The time since the last lap was training."""
+        self.clock["train_s"] += self._lap()
 
     def save(self, at_step: int) -> None:
         job = self.job
@@ -184,7 +224,10 @@ class _Session:
             return
         state = dict(**model_state(job.model, job.vocab), optimizer=self.optimizer.state_dict(), step=at_step,
                      train_config=dataclasses.asdict(job.cfg), batches=job.batches.state_dict(),
-                     lossi=torch.tensor(self.lossi, dtype=torch.float64), data=job.data, rng=rngs[0]["cpu"])
+                     lossi=torch.tensor(self.lossi, dtype=torch.float64), data=job.data, rng=rngs[0]["cpu"],
+                     clock=dict(self.clock))
+        if self.budget is not None:
+            state["budget"] = self.budget
         if "cuda" in rngs[0]:  # dropout on a GPU draws from the GPU's stream
             state["cuda_rng"] = rngs[0]["cuda"]
         if self.group is not None:
@@ -193,16 +236,20 @@ class _Session:
 
     def on_interval(self, at_step: int) -> None:
         job = self.job
+        self.tick()
         val = split_loss(job.model, job.splits[1], job.vocab, self.device, batches=self.val_batches,
                          sharded=True)
+        self.clock["eval_s"] += self._lap()
         if self.best is None or val < self.best["val_loss"]:  # the weights sample and eval use by default
             self.best = dict(model={k: v.detach().clone() for k, v in job.model.state_dict().items()},
                              step=at_step, val_loss=val)
         recent = self.lossi[-100:]  # log10 losses of the last 100 steps
         if self.main:
             job.run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
-                                    "val_loss": val})
+                                    "val_loss": val, "train_s": round(self.clock["train_s"], 3),
+                                    "eval_s": round(self.clock["eval_s"], 3)})
         self.save(at_step)
+        self.clock["eval_s"] += self._lap()  # the checkpoint's write, and any wait for it
         if self.main and self.announce:  # no progress bar: one line per interval instead
             print(f"step {at_step:,}: val loss {val:.4f}")
 
@@ -219,6 +266,10 @@ def _report(job: _Job, session: _Session, step: int, num_samples: int, say, devi
     say(f"train loss {split_loss(model, scored, vocab, device, sharded=True):.4f}{of}")
     say(f"val loss   {split_loss(model, val_words, vocab, device, session.val_batches, sharded=True):.4f}")
     say(f"checkpoint: {job.run.checkpoint}")
+    clock, budget = session.clock, session.budget
+    of = "" if budget is None else (f" of a {budget['minutes']:g} min budget, {budget['probe_s']:.1f} s "
+                                    "of it measuring the step rate")
+    say(f"training {clock['train_s']:.1f} s{of}; evaluation and checkpoints {clock['eval_s']:.1f} s more")
     best = session.best
     if best is not None:
         last = " (the last step's)" if best["step"] == step else ""
@@ -259,6 +310,9 @@ def _configs(args, resumed):
     train_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                    if getattr(args, f.name) is not None}
     if resumed is None:
+        if train_given.get("time_budget") and "max_steps" in train_given:
+            raise WavenetError("time_budget sets the number of steps: give it or max_steps, not both",
+                               param=("time_budget", "max_steps"))
         kind = args.model or DEFAULT_KIND
         return model_config(kind, **model_given), dataclasses.replace(RECIPES[kind], **train_given)
     saved_model, _ = config_from_record(resumed["model_config"])
@@ -348,7 +402,7 @@ def convert(args) -> int:
 def bench(args) -> int:
     from . import bench as benchmarks
     if args.speedrun and (args.full or args.blocks or args.repeats is not None):
-        raise WavenetError("--speedrun takes no --full, --blocks or --repeats: it trains the two default "
+        raise WavenetError("--speedrun takes no --full, --blocks or --repeats: it trains the default "
                            "recipes", param="speedrun")
     cfg = benchmarks.FULL if args.full else benchmarks.QUICK
     changes = dict(device=resolve_device(args.device))
@@ -360,6 +414,14 @@ def bench(args) -> int:
                                param="blocks") from None
     if args.repeats is not None:
         changes["repeats"] = args.repeats
+    kinds = speedrun_kinds = None
+    if args.kinds is not None:
+        kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in MODEL_CONFIGS]
+        if unknown or not kinds:
+            raise WavenetError(f"kinds: unknown model kind '{unknown[0] if unknown else args.kinds}' "
+                               f"(choose from {', '.join(MODEL_CONFIGS)})", param="kinds")
+        changes["kinds"], speedrun_kinds = kinds, kinds
     cfg = dataclasses.replace(cfg, **changes)  # BenchConfig checks its fields
     names = load_words(args.input_file or default_input())
     mode = "speedrun" if args.speedrun else "full" if args.full else "quick"
@@ -369,7 +431,8 @@ def bench(args) -> int:
     if args.speedrun:
         from . import speedrun
         results = dict(mode=mode, machine=benchmarks.machine(cfg.device),
-                       speedrun=speedrun.speedrun(names, cfg.device, log=log))
+                       speedrun=speedrun.speedrun(names, cfg.device, log=log,
+                                                  kinds=speedrun_kinds or speedrun.KINDS))
         table = speedrun.markdown(results["speedrun"])
     else:
         results = benchmarks.run(names, cfg, log=log)

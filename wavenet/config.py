@@ -15,7 +15,7 @@ No torch here: the CLI reads these classes before torch is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
 from .errors import WavenetError
@@ -33,6 +33,11 @@ def _at_least(config, name: str, low) -> None:
     value = getattr(config, name)
     if not value >= low:  # NaN fails too
         raise WavenetError(f"{name} must be at least {low}, got {value}", param=name)
+
+
+def _check_dropout(config) -> None:
+    if not 0 <= config.dropout < 1:
+        raise WavenetError(f"dropout must be at least 0 and below 1, got {config.dropout}", param="dropout")
 
 
 def _help(text: str, metavar: str | None = None) -> dict:
@@ -92,8 +97,7 @@ class WaveNetConfig:
     def __post_init__(self):
         for name in ("n_layers", "n_cycles", "n_residual", "n_skip"):
             _at_least(self, name, 1)
-        if not 0 <= self.dropout < 1:
-            raise WavenetError(f"dropout must be at least 0 and below 1, got {self.dropout}", param="dropout")
+        _check_dropout(self)
         if self.norm not in NORMS:
             raise WavenetError(f"norm must be one of {', '.join(NORMS)}, got '{self.norm}'", param="norm")
 
@@ -107,7 +111,63 @@ class WaveNetConfig:
         return 1 + sum(self.dilations)
 
 
-MODEL_CONFIGS: dict[str, type] = {c.kind: c for c in (ConvConfig, MLPConfig, WaveNetConfig)}
+@dataclass(frozen=True)
+class RNNConfig:
+    """`RNN`: a peer of the convolutions. n_layers recurrent layers (LSTM) of n_hidden units over
+    n_embd-wide embeddings, a linear head on the last layer; dropout on the embeddings,
+    between the layers and on the last layer's outputs. It reads the whole name so far:
+    no receptive field, so its block_size is the one boundary id that opens each name."""
+
+    kind: ClassVar[str] = "lstm"
+    cell: ClassVar[str] = "lstm"
+    n_embd: int = field(default=256, metadata=_help("embedding width"))
+    n_hidden: int = field(default=256, metadata=_help("hidden width"))
+    n_layers: int = field(default=2, metadata=_help("layers"))
+    dropout: float = field(default=0.3, metadata=_help("dropout probability in training", "P"))
+    block_size: ClassVar[int] = 1
+
+    def __post_init__(self):
+        for name in ("n_embd", "n_hidden", "n_layers"):
+            _at_least(self, name, 1)
+        _check_dropout(self)
+
+
+@dataclass(frozen=True)
+class GRUConfig(RNNConfig):
+    """`RNN` with GRU layers instead of LSTM layers; the same fields."""
+
+    kind: ClassVar[str] = "gru"
+    cell: ClassVar[str] = "gru"
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """`Transformer`: a peer of the convolutions, a decoder-only, pre-LayerNorm Transformer
+    (GPT-2's block): n_layers blocks of n_head-headed causal self-attention and a 4x MLP, at
+    n_embd channels, learned positions for up to n_positions ids (the boundary id and the
+    name's characters: a line of up to n_positions - 1 characters)."""
+
+    kind: ClassVar[str] = "transformer"
+    n_embd: int = field(default=128, metadata=_help("embedding width"))
+    n_head: int = field(default=4, metadata=_help("attention heads (they divide n_embd)"))
+    n_layers: int = field(default=4, metadata=_help("layers"))
+    n_positions: int = field(default=32, metadata=_help("longest sequence: the boundary id and up to "
+                                                        "n_positions - 1 characters"))
+    dropout: float = field(default=0.2, metadata=_help("dropout probability in training", "P"))
+    block_size: ClassVar[int] = 1
+
+    def __post_init__(self):
+        for name in ("n_embd", "n_head", "n_layers"):
+            _at_least(self, name, 1)
+        _at_least(self, "n_positions", 2)
+        if self.n_embd % self.n_head:
+            raise WavenetError(f"n_head {self.n_head} does not divide n_embd {self.n_embd}", param="n_head")
+        _check_dropout(self)
+
+
+MODEL_CONFIGS: dict[str, type] = {c.kind: c for c in (ConvConfig, MLPConfig, WaveNetConfig, RNNConfig,
+                                                       GRUConfig, TransformerConfig)}
+PEERS = ("lstm", "gru", "transformer")  # the kinds that read the whole name so far (no receptive field)
 DEFAULT_KIND = "conv"
 
 
@@ -152,7 +212,8 @@ class TrainConfig:
     gradient clipping (RECIPES below)."""
 
     max_steps: int = field(default=200_000, metadata=_help("optimisation steps"))
-    batch_size: int = field(default=32, metadata=_help("names (conv) or windows (mlp) per step"))
+    batch_size: int = field(default=32, metadata=_help(
+        "windows (mlp) or whole names (every other kind) per step"))
     learning_rate: float = field(default=0.1, metadata=_help("(peak) learning rate"))
     decay_at: float = field(default=0.75, metadata=_help(
         "step schedule: the learning rate drops tenfold after this fraction of the steps", "FRACTION"))
@@ -169,6 +230,10 @@ class TrainConfig:
         "weights, the optimizer and evaluation stay float32)", "DTYPE"))
     group_by_length: int = field(default=0, metadata=_help(
         "conv: length-sort names within chunks of K batches (less padding, worse BatchNorm)", "K"))
+    time_budget: float = field(default=0.0, metadata=_help(
+        "train for this many minutes instead of max_steps: the run measures its step rate, fixes the "
+        "steps that fit (recorded, so --resume is exact) and lays the schedule over them; evaluation "
+        "is not counted (0: off)", "MINUTES"))
 
     def __post_init__(self):
         _at_least(self, "max_steps", 1)
@@ -186,6 +251,9 @@ class TrainConfig:
         _at_least(self, "warmup", 0)
         _at_least(self, "grad_clip", 0)
         _at_least(self, "weight_decay", 0)
+        if not 0 <= self.time_budget < float("inf"):
+            raise WavenetError(f"time_budget must be a number of minutes, 0 or more, got {self.time_budget}",
+                               param="time_budget")
         for name, choices in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise WavenetError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'",
@@ -205,3 +273,9 @@ RECIPES: dict[str, TrainConfig] = {
     "wavenet": TrainConfig(max_steps=20_000, batch_size=64, learning_rate=3e-3, schedule="cosine", warmup=500,
                            optimizer="adamw", weight_decay=0.1, grad_clip=1.0, eval_interval=2_000),
 }
+# The peers get the WaveNet's recipe, tuned by val for each (docs/peers.md): 64 whole names a
+# step, AdamW, warm-up, cosine to a tenth, clipping; the Transformer at a lower peak rate.
+RECIPES["lstm"] = replace(RECIPES["wavenet"], max_steps=16_000, eval_interval=1_600)
+RECIPES["gru"] = replace(RECIPES["lstm"])
+RECIPES["transformer"] = replace(RECIPES["wavenet"], learning_rate=2e-3, max_steps=16_000,
+                                 eval_interval=1_600)

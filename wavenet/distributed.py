@@ -219,6 +219,11 @@ def gather_object(obj) -> list:
     return out
 
 
+def from_main(obj):
+    """Rank 0's `obj` on every rank (a collective; picklable values); one process: `obj`."""
+    return gather_object(obj)[0]
+
+
 def barrier() -> None:
     if _GROUP is not None:
         agree(True)

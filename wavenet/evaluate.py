@@ -1,9 +1,9 @@
 """Loss over a whole split, in eval mode (BatchNorm on its running statistics).
 
 The MLP sees every window of the split (the lecture's `split_loss`), the convolutional models
-see whole names, packed; all give the mean cross-entropy over the same sum(len(w) + 1)
-targets. The batches are `batches.eval_batches`: bounded in positions and in logits, so
-memory does not grow with the split or the vocabulary.
+see whole names, packed, and the peers whole names as `pad_names` rows; all give the mean
+cross-entropy over the same sum(len(w) + 1) targets. The batches are `batches.eval_batches`:
+bounded in positions and in logits, so memory does not grow with the split or the vocabulary.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=
                 targets = X.targets.to(device)
                 total += nll_sum(logits, targets // V, targets % V)
                 count += len(targets)
-            else:  # the MLP's windows: (B, V) and Y (B,)
-                Y = Y.to(device)
+            else:  # the MLP's windows: (B, V) and Y (B,); the peers' rows: (B, T, V) and Y (B, T)
+                logits, Y = logits.reshape(-1, logits.shape[-1]), Y.to(device).reshape(-1)
                 real = Y != -1
                 total += nll_sum(logits, torch.nonzero(real)[:, 0], Y[real])
                 count += real.sum()

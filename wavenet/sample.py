@@ -2,8 +2,9 @@
 
 A "stepper" holds the context of every name being generated and returns the next-character
 logits; `generate` draws from them (temperature, top-k) and feeds the draws back. The MLP
-steps on its sliding window; the convolutional models either recompute the whole prefix
-or, with their cache, compute one new position per layer (Fast WaveNet, Paine et al. 2016).
+steps on its sliding window; every other model either recomputes the whole prefix or, with
+its cache, computes one new position per layer: the convolutions' ring buffers (Fast
+WaveNet, Paine et al. 2016), the recurrent peers' state, the Transformer's keys and values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .config import PEERS
 from .errors import WavenetError
 
 
@@ -32,7 +34,7 @@ class WindowStepper:
 
 
 class FullStepper:
-    """The convolution recomputing every position of the growing prefix at each step."""
+    """The model recomputing every position of the growing prefix at each step."""
 
     def __init__(self, model, num: int, device):
         self.model = model
@@ -46,8 +48,7 @@ class FullStepper:
 
 
 class CachedStepper:
-    """A convolutional model with its cache (`models.cache.RingCache`): one new position
-    per layer per step."""
+    """A model with its cache (`model.new_cache`): one new position per layer per step."""
 
     def __init__(self, model, num: int, device):
         self.model, self.cache = model, model.new_cache(num)
@@ -64,12 +65,14 @@ STEPPERS = {"window": WindowStepper, "full": FullStepper, "cached": CachedSteppe
 
 
 def make_stepper(model, num: int, device, method: str = "auto"):
-    """'auto': the MLP on its window, the convolutional models (conv, wavenet) with their
-    cache. 'window' works for every model (a conv on exactly block_size ids); 'full' and
-    'cached' need a convolutional model."""
+    """'auto': the MLP on its window, every other model with its cache. 'window' works for
+    the models with a receptive field (mlp, conv, wavenet: a conv on exactly block_size
+    ids); 'full' and 'cached' for every model but the MLP."""
     if method == "auto":
         method = "window" if model.kind == "mlp" else "cached"
-    if method not in STEPPERS or (method != "window" and model.kind == "mlp"):
+    windowless = model.kind in PEERS  # no receptive field: a window of block_size ids is not the model
+    if method not in STEPPERS or (method != "window" and model.kind == "mlp") or (method == "window"
+                                                                                  and windowless):
         raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
     return STEPPERS[method](model, num, device)
 
@@ -90,15 +93,22 @@ def generate(model, num: int, *, generator: torch.Generator | None = None, tempe
              top_k: int | None = None, prefix: Sequence[int] = (), max_new_tokens: int = 100,
              method: str = "auto", device="cpu") -> list[list[int]]:
     """Sample `num` names; each is returned as its ids (prefix included, final boundary
-    excluded). A name that reaches max_new_tokens without ending is cut there."""
+    excluded). A name that reaches max_new_tokens without ending is cut there, as is one
+    that fills a Transformer's n_positions."""
     check_sampling(model.vocab_size, num, temperature, top_k)
+    positions = getattr(model, "n_positions", None)
+    if positions is not None:  # the boundary id, the prefix and the draws fed back take a position each
+        if len(prefix) >= positions:
+            raise WavenetError(f"prefix: {len(prefix)} characters fill the model's n_positions {positions}",
+                               param="prefix")
+        max_new_tokens = min(max_new_tokens, positions - len(prefix))
     model.eval()
     stepper = make_stepper(model, num, device, method)
     for ix in prefix:
         stepper.push(torch.full((num,), ix, dtype=torch.long, device=device))
     draws = []
     done = torch.zeros(num, dtype=torch.bool)
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         logits = stepper.logits().float().cpu() / temperature  # (B, V); draws on the CPU
         if top_k is not None:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -109,7 +119,7 @@ def generate(model, num: int, *, generator: torch.Generator | None = None, tempe
         ix = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
         draws.append(ix)
         done |= ix == 0
-        if done.all():
+        if done.all() or i == max_new_tokens - 1:
             break
         stepper.push(ix.to(device))
     out = []

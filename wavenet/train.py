@@ -9,11 +9,13 @@ directory holds is `rundir.py`'s concern.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
+import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -160,3 +162,78 @@ def check_finite(model, step: int) -> None:
         if not torch.isfinite(tensor).all():
             raise Diverged(f"{name} became non-finite by step {step}: try a lower learning_rate",
                            param="learning_rate")
+
+
+# ----------------------------------------------------------------------------- a time budget
+
+PROBE_WARM = 5         # steps run before the clock starts (first-call costs)
+PROBE_CHUNK = 10       # steps timed at a time
+PROBE_SECONDS = 2.0    # the step rate is measured over at least this long
+PROBE_FRACTION = 0.02  # or this fraction of the budget, if longer
+BUDGET_EVALS = 10      # evaluations in a budgeted run, unless eval_interval is given
+
+
+class BudgetTooSmall(WavenetError):
+    """The time budget leaves no room for the steps before the first evaluation."""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    cfg: TrainConfig       # the recipe with max_steps (and eval_interval) fixed
+    step_s: float          # measured seconds per training step
+    probe_s: float         # seconds spent measuring, part of the budget
+    probe_steps: int       # steps timed
+
+
+def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool = False, ddp=None) -> Fitted:
+    """The steps that fit `cfg.time_budget` minutes of training on this machine, measured by
+    running the first steps of the run for real (PROBE_WARM untimed, then at least
+    PROBE_SECONDS or PROBE_FRACTION of the budget), then putting back everything they
+    changed: the weights and buffers, the batch source and torch's random streams. The run
+    that follows is the fixed-step run of the fitted `max_steps`, bit for bit; the probe's
+    time counts against the budget. `eval_interval` becomes max_steps / BUDGET_EVALS unless
+    `eval_interval_given`; a budget that does not reach the first evaluation is
+    `BudgetTooSmall`. Under torchrun every rank probes the same steps (the loop's
+    collectives keep them together) and all take rank 0's measurement."""
+    budget_s = cfg.time_budget * 60
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(batches.state_dict()), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    optimizer = make_optimizer(model, cfg)  # thrown away with the probe's steps
+    probe = replace(cfg, eval_interval=1 << 62, time_budget=0.0)
+    device = next(model.parameters()).device
+
+    def run(steps: int, start: int) -> None:
+        result = train_loop(model, optimizer, batches, replace(probe, max_steps=start + steps),
+                            start_step=start, progress=False, ddp=ddp)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    started = time.perf_counter()
+    run(PROBE_WARM, 0)
+    timed_from, done = time.perf_counter(), 0
+    wanted = max(PROBE_SECONDS, PROBE_FRACTION * budget_s)
+    while True:
+        run(PROBE_CHUNK, PROBE_WARM + done)
+        done += PROBE_CHUNK
+        now = time.perf_counter()
+        if distributed.agree(now - timed_from >= wanted):  # every rank stops at the same chunk
+            break
+    step_s, probe_s = distributed.from_main(((now - timed_from) / done, now - started))
+    model.load_state_dict(saved[0])
+    batches.load_state_dict(saved[1])
+    torch.set_rng_state(saved[2])
+    if saved[3] is not None:
+        torch.cuda.set_rng_state_all(saved[3])
+    steps = int((budget_s - probe_s) / step_s)
+    interval = cfg.eval_interval if eval_interval_given else max(1, -(-steps // BUDGET_EVALS))
+    if steps < max(interval, 1):
+        need = probe_s + max(interval, 1) * step_s
+        raise BudgetTooSmall(
+            f"time_budget {cfg.time_budget:g} minutes fits {max(steps, 0):,} steps at the measured "
+            f"{step_s * 1e3:.1f} ms a step (after {probe_s:.1f} s measuring it), fewer than the "
+            f"{max(interval, 1):,} before the first evaluation: give at least {need / 60:.2g} minutes"
+            + (" or a smaller eval_interval" if eval_interval_given else ""),
+            param=("time_budget", "eval_interval") if eval_interval_given else "time_budget")
+    return Fitted(replace(cfg, max_steps=steps, eval_interval=interval), step_s, probe_s, done)
