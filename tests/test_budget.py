@@ -11,8 +11,17 @@ import wavenet.checkpoint as ckpt_io
 from wavenet.rundir import RunDir
 
 SMALL = ["--batch-size", "8", "--no-progress", "-n", "0"]
+
+
+@pytest.fixture(autouse=True)
+def quick_probe(monkeypatch):
+    """Measure the step rate over 0.3 s instead of 2 (the runs here are in-process), so a
+    budget of a second or two still leaves most of it for training."""
+    import wavenet.train
+    monkeypatch.setattr(wavenet.train, "PROBE_SECONDS", 0.3)
 SHAPES = {"wavenet": ["--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "--n-cycles", "1"],
-          "lstm": ["--n-embd", "6", "--n-hidden", "6"], "conv": ["--n-embd", "4", "--n-hidden", "8"]}
+          "lstm": ["--n-embd", "6", "--n-hidden", "6"], "conv": ["--n-embd", "4", "--n-hidden", "8"],
+          "mlp": ["--n-embd", "4", "--n-hidden", "8"]}
 
 
 def _same_run(a: dict, b: dict) -> None:
@@ -24,21 +33,21 @@ def _same_run(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"], b["rng"])
 
 
-@pytest.mark.parametrize("kind", ["wavenet", "lstm", "conv"])
+@pytest.mark.parametrize("kind", ["wavenet", "lstm", "conv", "mlp"])
 def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, tmp_path, tiny_file, cli, scores_of):
     """The budget's steps and evaluation interval are recorded in the checkpoint with the
     measured rate; training that many steps with no budget gives the same weights, batches,
     losses, optimizer and random stream, bit for bit: measuring the rate left no trace."""
     code, out, err = cli("train", "--model", kind, "-i", tiny_file, "-o", tmp_path / "budget",
-                         "--time-budget", "0.06", *SHAPES[kind], *SMALL)
+                         "--time-budget", "0.03", *SHAPES[kind], *SMALL)
     assert code == 0, err
     a = RunDir(tmp_path / "budget").load()
     cfg, budget = a["train_config"], a["budget"]
-    assert cfg["time_budget"] == 0.06 and cfg["max_steps"] == a["step"] >= 10
-    assert budget["minutes"] == 0.06 and budget["step_s"] > 0 and budget["probe_steps"] >= 10
+    assert cfg["time_budget"] == 0.03 and cfg["max_steps"] == a["step"] >= 10
+    assert budget["minutes"] == 0.03 and budget["step_s"] > 0 and budget["probe_steps"] >= 10
     assert cfg["eval_interval"] == -(-cfg["max_steps"] // 10)  # ten evaluations
-    assert f"{cfg['max_steps']:,} steps at" in out and "of a 0.06 min budget" in out
-    assert budget["probe_s"] + cfg["max_steps"] * budget["step_s"] <= 0.06 * 60 + 1e-9
+    assert f"{cfg['max_steps']:,} steps at" in out and "of a 0.03 min budget" in out
+    assert budget["probe_s"] + cfg["max_steps"] * budget["step_s"] <= 0.03 * 60 + 1e-9
     metrics = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics][-1] == cfg["max_steps"]
     clocks = [m["train_s"] for m in metrics]
@@ -68,7 +77,7 @@ def test_a_budget_run_resumes_exactly(tmp_path, tiny_file, cli, monkeypatch, sco
 
     monkeypatch.setattr(ckpt_io, "save_checkpoint", save_and_copy)
     code, _, err = cli("train", "--model", "wavenet", "-i", tiny_file, "-o", tmp_path / "straight",
-                       "--time-budget", "0.05", "--dropout", "0.2", *SHAPES["wavenet"], *SMALL)
+                       "--time-budget", "0.03", "--dropout", "0.2", *SHAPES["wavenet"], *SMALL)
     assert code == 0, err
     monkeypatch.setattr(ckpt_io, "save_checkpoint", real_save)
     a = RunDir(tmp_path / "straight").load()
@@ -82,7 +91,7 @@ def test_a_budget_run_resumes_exactly(tmp_path, tiny_file, cli, monkeypatch, sco
 
 
 def test_budget_mistakes_are_one_line(tmp_path, tiny_file, cli, one_line_error):
-    """A budget smaller than measuring the rate takes (at least 2 s) fits no steps; an
+    """A budget smaller than measuring the rate takes (at least PROBE_SECONDS) fits no steps; an
     evaluation interval beyond the budget never evaluates; a budget and a step count
     contradict each other. Each is one line, and nothing is trained or saved."""
     args = ["train", "--model", "wavenet", "-i", tiny_file, *SHAPES["wavenet"], *SMALL]
@@ -90,7 +99,7 @@ def test_budget_mistakes_are_one_line(tmp_path, tiny_file, cli, one_line_error):
     one_line_error(code, err, "--time-budget 0.001 minutes fits 0 steps")
     assert "before the first evaluation: give at least" in err
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
-    code, _, err = cli(*args, "-o", tmp_path / "b", "--time-budget", "0.05", "--eval-interval", "100000000")
+    code, _, err = cli(*args, "-o", tmp_path / "b", "--time-budget", "0.03", "--eval-interval", "100000000")
     one_line_error(code, err, "fewer than the 100,000,000 before the first evaluation")
     assert "or a smaller --eval-interval" in err
     code, _, err = cli(*args, "-o", tmp_path / "c", "--time-budget", "1", "--max-steps", "10")

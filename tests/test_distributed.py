@@ -219,6 +219,24 @@ def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp
     assert resumed["step"] == 40 and torch.allclose(straight["lossi"], resumed["lossi"], rtol=0, atol=TOL)
 
 
+def test_a_time_budget_under_torchrun_fits_one_step_count_for_every_rank(data_file, tmp_path, cli,
+                                                                         group_of):
+    """Both ranks measure the same steps and take rank 0's rate, so they train the same
+    fitted count (any disagreement would hang the group or fail); the run then equals one
+    process trained for that recorded count."""
+    argv = ["train", "-i", data_file, "--model", "wavenet", "--dropout", "0", "--n-residual", "16",
+            "--n-skip", "16", "--no-progress", "-n", "0"]
+    (c0, out0, err0), (c1, _, err1) = _finish(group_of(lambda r: [*argv, "--time-budget", "0.05",
+                                                                  "-o", tmp_path / "two"]))
+    assert c0 == 0 and c1 == 0, err0 + err1
+    two = RunDir(tmp_path / "two").load()
+    steps, interval = two["train_config"]["max_steps"], two["train_config"]["eval_interval"]
+    assert two["step"] == steps > 0 and "time budget 0.05 min" in out0
+    code, _, err = cli(*argv, "--max-steps", steps, "--eval-interval", interval, "-o", tmp_path / "one")
+    assert code == 0, err
+    _close(RunDir(tmp_path / "one").load()["model"], two["model"])
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_group_saves_one_checkpoint_and_every_rank_exits_130(sig, data_file, tmp_path,
                                                                               group_of):

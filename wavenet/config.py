@@ -123,7 +123,7 @@ class RNNConfig:
     n_embd: int = field(default=256, metadata=_help("embedding width"))
     n_hidden: int = field(default=256, metadata=_help("hidden width"))
     n_layers: int = field(default=2, metadata=_help("layers"))
-    dropout: float = field(default=0.3, metadata=_help("dropout probability in training", "P"))
+    dropout: float = field(default=0.45, metadata=_help("dropout probability in training", "P"))
     block_size: ClassVar[int] = 1
 
     def __post_init__(self):
