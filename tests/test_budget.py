@@ -33,7 +33,8 @@ def _same_run(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"], b["rng"])
 
 
-@pytest.mark.parametrize("kind", ["wavenet", "lstm", "conv", "mlp"])
+@pytest.mark.parametrize("kind", ["wavenet", "mlp", pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("conv", marks=pytest.mark.slow)])
 def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, tmp_path, tiny_file, cli, scores_of):
     """The budget's steps and evaluation interval are recorded in the checkpoint with the
     measured rate; training that many steps with no budget gives the same weights, batches,

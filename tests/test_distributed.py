@@ -172,7 +172,8 @@ def test_dist_timeout_must_be_positive(tiny_file, tmp_path, cli, one_line_error,
     ("mlp", []),
     ("wavenet", ["--dropout", "0", "--n-residual", "32", "--n-skip", "48"]),
     ("lstm", ["--dropout", "0", "--n-embd", "16", "--n-hidden", "24"]),
-    ("transformer", ["--dropout", "0", "--n-embd", "16", "--n-head", "2", "--n-layers", "2"]),
+    pytest.param("transformer", ["--dropout", "0", "--n-embd", "16", "--n-head", "2", "--n-layers", "2"],
+                 marks=pytest.mark.slow),
 ])
 def test_two_processes_train_what_one_does(kind, flags, data_file, tmp_path, cli, group_of):
     """30 steps, val every 10: parameters, BatchNorm buffers, every step's loss and the val
@@ -219,6 +220,7 @@ def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp
     assert resumed["step"] == 40 and torch.allclose(straight["lossi"], resumed["lossi"], rtol=0, atol=TOL)
 
 
+@pytest.mark.slow
 def test_a_time_budget_under_torchrun_fits_one_step_count_for_every_rank(data_file, tmp_path, cli,
                                                                          group_of):
     """Both ranks measure the same steps and take rank 0's rate, so they train the same
