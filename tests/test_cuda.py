@@ -64,6 +64,28 @@ def test_wavenet_cached_sampling_equals_full_on_cuda(vocab):
     assert cached == full
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "transformer"])
+def test_peers_on_cuda_equal_the_cpu_and_their_cache(kind, names, vocab):
+    """A peer's logits and loss on the GPU equal the CPU's (float32); its cache on the GPU
+    equals its full forward there at every step."""
+    from wavenet.config import model_config
+    from wavenet.models import build_model
+    def fresh():
+        config = model_config(kind, dropout=0.0)
+        return build_model(config, len(vocab), torch.Generator().manual_seed(0)).eval()
+    cpu, gpu = fresh(), fresh().cuda()
+    X, Y = pad_names(names[:64], vocab, 1)
+    a, loss_a = cpu(X, Y)
+    b, loss_b = gpu(X.cuda(), Y.cuda())
+    assert torch.allclose(a, b.cpu(), rtol=0, atol=TOL) and abs(loss_a.item() - loss_b.item()) < TOL
+    cache = gpu.new_cache(len(X))
+    steps = [cache.logits] + [gpu.step(X[:, t].cuda(), cache) for t in range(1, X.shape[1])]
+    assert torch.allclose(torch.stack(steps, 1), b, rtol=0, atol=TOL)
+    cached = generate(gpu, 20, generator=torch.Generator().manual_seed(3), device="cuda")
+    full = generate(gpu, 20, generator=torch.Generator().manual_seed(3), device="cuda", method="full")
+    assert cached == full
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bf16"])
 def test_train_eval_sample_on_cuda(dtype, tmp_path, names_path, cli):
     work = tmp_path / "run"
