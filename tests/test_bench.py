@@ -61,8 +61,7 @@ def test_full_names_are_deterministic_and_keep_every_target(names):
 
 def test_tiny_run_reports_everything(names, tmp_path):
     cfg = dataclasses.replace(bench.QUICK, blocks=(4,), repeats=1, eval_words=40, sample_names=8,
-                              lecture_names=2, train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8),
-                              kinds=("lstm", "conv"), kind_repeats=1)
+                              lecture_names=2, train_positions=(32,), model=MLPConfig(n_embd=4, n_hidden=8))
     results = bench.run(names[:400], cfg, log=lambda line: None)
     assert [(r["dataset"], r["block"]) for r in results["rows"]] == [("names", 4), ("fullnames", 4)]
     for row in results["rows"]:
@@ -71,7 +70,11 @@ def test_tiny_run_reports_everything(names, tmp_path):
         assert row["train"][0]["conv_bytes_per_pos"] > 0
     table = bench.markdown(results)
     assert "| names | 4 |" in table and "| fullnames | 4 |" in table
-    assert list(results["kinds"]["kinds"]) == ["lstm", "conv"] and "| lstm | 1,066,523 | 64 |" in table
+    from wavenet import bench_kinds  # what `wavenet bench` adds after the MLP-vs-conv rows
+    results["kinds"] = bench_kinds.compare(names[:400], kinds=("lstm", "conv"), repeats=1, steps=2,
+                                           sample_names=4)
+    assert "| lstm | 1,066,523 | 64 |" in bench_kinds.markdown(results["kinds"])
+    assert "training targets/s: lstm " in bench.log_line(results)
     log = tmp_path / "perf_log.md"
     written = bench.write_outputs(results, tmp_path / "out", log)
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["rows"][0]["block"] == 4
@@ -83,7 +86,7 @@ def test_tiny_run_reports_everything(names, tmp_path):
 def test_tiny_run_measures_the_machine_and_each_training_path(names):
     cfg = dataclasses.replace(bench.QUICK, blocks=(8,), repeats=1, datasets=("names",), eval_words=20,
                               sample_names=2, lecture_names=1, train_positions=(64,),
-                              model=MLPConfig(n_embd=4, n_hidden=16), kinds=())
+                              model=MLPConfig(n_embd=4, n_hidden=16))
     t = bench.run(names[:300], cfg, log=lambda line: None)["rows"][0]["train"][0]
     assert t["gemm_gflops"] > 0
     for name in ("mlp", "conv", "conv_ref"):

@@ -1,5 +1,5 @@
-"""Benchmarks: the per-position MLP against the convolution, side by side, in one process;
-then every model kind side by side (bench_kinds.py).
+"""Benchmarks: the per-position MLP against the convolution, side by side, in one process.
+(`wavenet bench` then runs every model kind side by side: bench_kinds.py.)
 
 Every MLP-vs-conv figure compares the two models on the same weights (the conv is `from_mlp` of the
 MLP), the same work and the same threads, timed alternately (MLP, conv, MLP, conv, ...)
@@ -44,7 +44,7 @@ class BenchConfig:
     lecture_names: int = 10              # the one-name-at-a-time loop is slow: fewer names, per-name rate
     model: MLPConfig = MLPConfig()       # widths of both models; block_size is replaced by each of `blocks`
     seed: int = 42
-    kinds: tuple = ("mlp", "conv", "wavenet", "lstm", "gru", "transformer")  # side by side at default shapes
+    kinds: tuple = ("mlp", "conv", "wavenet", "lstm", "gru", "transformer")  # bench_kinds, after `run`
     kind_repeats: int = 3
 
     def __post_init__(self):
@@ -316,11 +316,6 @@ def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
             log(f"{dname} block {block}: cached sampling "
                 f"{row['sample']['cached_vs_lecture']:.1f}x the lecture loop")
             results["rows"].append(row)
-    if cfg.kinds:
-        from .bench_kinds import compare
-        results["kinds"] = compare(names, cfg.device, cfg.kinds, repeats=cfg.kind_repeats, seed=cfg.seed)
-        log("every kind: " + ", ".join(f"{k} {r['train_targets_per_s']:,.0f} targets/s"
-                                       for k, r in results["kinds"]["kinds"].items()))
     return results
 
 
@@ -401,9 +396,6 @@ def markdown(results: dict) -> str:
               ("every target of the training split" if results["config"]["eval_words"] is None else
                f"the first {results['config']['eval_words']:,} items of the training split") + ", per model. "
               f"Median of {results['config']['repeats']} alternating repeats after a warm-up."]
-    if results.get("kinds"):
-        from .bench_kinds import markdown as kinds_markdown
-        lines += ["", kinds_markdown(results["kinds"])]
     return "\n".join(lines)
 
 

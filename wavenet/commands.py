@@ -437,6 +437,11 @@ def bench(args) -> int:
     else:
         results = benchmarks.run(names, cfg, log=log)
         table = benchmarks.markdown(results)
+        if cfg.kinds:  # then every kind side by side
+            from . import bench_kinds
+            results["kinds"] = bench_kinds.compare(names, cfg.device, cfg.kinds, repeats=cfg.kind_repeats,
+                                                   seed=cfg.seed)
+            table += "\n\n" + bench_kinds.markdown(results["kinds"])
     print()
     print(table)
     for path in benchmarks.write_outputs(results, Path(args.out), Path(args.log) if args.log else None):
