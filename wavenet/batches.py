@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .config import PEERS
 from .distributed import Group, share
 from .errors import WavenetError
 
@@ -215,7 +216,7 @@ def eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_P
         for i in range(0, len(X), budget):
             yield X[i:i + budget], Y[i:i + budget]
         return
-    if not hasattr(model, "dilations"):  # a peer: padded rows, by length
+    if model.kind in PEERS:  # padded rows, by length
         order = sorted(range(len(words)), key=lambda i: len(words[i]))
         first = 0
         while first < len(order):
@@ -368,7 +369,7 @@ def make_batches(model, words, vocab, cfg, generator: torch.Generator, device="c
     if model.kind == "mlp":
         return WindowBatches.from_words(words, vocab, model.block_size, cfg.batch_size, generator, device,
                                         group)
-    dilations = getattr(model, "dilations", None)  # None: a peer, on padded rows
+    packed = model.kind not in PEERS  # the peers train on padded rows
     return NameBatches(words, vocab, model.block_size, cfg.batch_size, cfg.seed, device,
-                       group_by_length=cfg.group_by_length, packed=dilations is not None, dilations=dilations,
-                       group=group)
+                       group_by_length=cfg.group_by_length, packed=packed,
+                       dilations=model.dilations if packed else None, group=group)
