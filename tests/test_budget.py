@@ -3,22 +3,32 @@ exactly the fixed-step run of that many steps; resume is exact; a budget too sma
 first evaluation, or given with --max-steps, is one line."""
 
 import json
+import types
 
 import pytest
 import torch
 
 import wavenet.checkpoint as ckpt_io
+import wavenet.train
 from wavenet.rundir import RunDir
 
 SMALL = ["--batch-size", "8", "--no-progress", "-n", "0"]
 
 
+TICK = 0.1  # seconds the fake clock advances each time the probe reads it
+
+
 @pytest.fixture(autouse=True)
-def quick_probe(monkeypatch):
-    """Measure the step rate over 0.3 s instead of 2 (the runs here are in-process), so a
-    budget of a second or two still leaves most of it for training."""
-    import wavenet.train
+def fake_clock(monkeypatch):
+    """The probe reads a clock that advances TICK per reading (after the warm-up, then after
+    each chunk of steps), and measures over 0.3 s instead of 2: so it times 3 chunks and every
+    run here fits the same steps however busy the machine is (the runs are in-process)."""
+    readings = iter(range(1 << 30))
+    clock = types.SimpleNamespace(perf_counter=lambda: TICK * next(readings))
+    monkeypatch.setattr(wavenet.train, "time", clock)
     monkeypatch.setattr(wavenet.train, "PROBE_SECONDS", 0.3)
+
+
 SHAPES = {"wavenet": ["--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "--n-cycles", "1"],
           "lstm": ["--n-embd", "6", "--n-hidden", "6"], "conv": ["--n-embd", "4", "--n-hidden", "8"],
           "mlp": ["--n-embd", "4", "--n-hidden", "8"]}
@@ -44,8 +54,12 @@ def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, tmp_path, tiny_fil
     assert code == 0, err
     a = RunDir(tmp_path / "budget").load()
     cfg, budget = a["train_config"], a["budget"]
-    assert cfg["time_budget"] == 0.03 and cfg["max_steps"] == a["step"] >= 10
-    assert budget["minutes"] == 0.03 and budget["step_s"] > 0 and budget["probe_steps"] >= 10
+    # the fake clock: 3 chunks of PROBE_CHUNK steps in 0.3 s, 0.4 s from the first reading
+    probe_steps = 3 * wavenet.train.PROBE_CHUNK
+    assert budget == dict(minutes=0.03, step_s=pytest.approx(0.3 / probe_steps), probe_s=pytest.approx(0.4),
+                          probe_steps=probe_steps)
+    assert cfg["time_budget"] == 0.03 and cfg["max_steps"] == a["step"] \
+        == int((0.03 * 60 - budget["probe_s"]) / budget["step_s"]) >= 139
     assert cfg["eval_interval"] == -(-cfg["max_steps"] // 10)  # ten evaluations
     assert f"{cfg['max_steps']:,} steps at" in out and "of a 0.03 min budget" in out
     assert budget["probe_s"] + cfg["max_steps"] * budget["step_s"] <= 0.03 * 60 + 1e-9
