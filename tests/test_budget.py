@@ -35,7 +35,8 @@ SHAPES = {"wavenet": ["--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "
 
 
 def _same_run(a: dict, b: dict) -> None:
-    for key in ("model", "batches"):
+    assert ("ema" in a) == ("ema" in b)
+    for key in ("model", "batches", "ema") if "ema" in a else ("model", "batches"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]) if torch.is_tensor(a[key][name]) \
                 else a[key][name] == b[key][name], name
@@ -43,14 +44,17 @@ def _same_run(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"], b["rng"])
 
 
-@pytest.mark.parametrize("kind", ["wavenet", "mlp", pytest.param("lstm", marks=pytest.mark.slow),
-                                  pytest.param("conv", marks=pytest.mark.slow)])
-def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, tmp_path, tiny_file, cli, scores_of):
+@pytest.mark.parametrize("kind, extra", [("wavenet", []), ("wavenet", ["--ema", "0.9"]), ("mlp", []),
+                                         pytest.param("lstm", [], marks=pytest.mark.slow),
+                                         pytest.param("conv", [], marks=pytest.mark.slow)],
+                         ids=["wavenet", "wavenet-ema", "mlp", "lstm", "conv"])
+def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, extra, tmp_path, tiny_file, cli, scores_of):
     """The budget's steps and evaluation interval are recorded in the checkpoint with the
     measured rate; training that many steps with no budget gives the same weights, batches,
-    losses, optimizer and random stream, bit for bit: measuring the rate left no trace."""
+    losses, optimizer, random stream and weight average (--ema), bit for bit: measuring the
+    rate left no trace."""
     code, out, err = cli("train", "--model", kind, "-i", tiny_file, "-o", tmp_path / "budget",
-                         "--time-budget", "0.03", *SHAPES[kind], *SMALL)
+                         "--time-budget", "0.03", *SHAPES[kind], *SMALL, *extra)
     assert code == 0, err
     a = RunDir(tmp_path / "budget").load()
     cfg, budget = a["train_config"], a["budget"]
@@ -67,8 +71,9 @@ def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, tmp_path, tiny_fil
     assert [m["step"] for m in metrics][-1] == cfg["max_steps"]
     clocks = [m["train_s"] for m in metrics]
     assert clocks == sorted(clocks) and clocks[0] >= budget["probe_s"]  # the probe is on the clock
+    fixed = ["--max-steps", cfg["max_steps"], "--eval-interval", cfg["eval_interval"]]
     code, _, err = cli("train", "--model", kind, "-i", tiny_file, "-o", tmp_path / "fixed", *SHAPES[kind],
-                       *SMALL, "--max-steps", cfg["max_steps"], "--eval-interval", cfg["eval_interval"])
+                       *SMALL, *extra, *fixed)
     assert code == 0, err
     b = RunDir(tmp_path / "fixed").load()
     _same_run(a, b)

@@ -112,14 +112,17 @@ def model_from_checkpoint(ckpt: dict, device="cpu", weights: str = "best"):
     """Rebuild the model (in eval mode) and its vocabulary from a loaded checkpoint.
     `weights`: "best", those with the lowest val loss of the run (`ckpt["best"]`, kept by
     `wavenet train` beside the last; a checkpoint without them has only its last), or
-    "last", the weights training stopped at (what --resume continues)."""
+    "last", the weights training stopped at (what --resume continues), or, for a run that
+    averaged its weights (`ema`), the average at that step."""
     if weights not in WEIGHTS:
         raise CheckpointError(f"weights must be best or last, got '{weights}'", param="weights")
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         model = build_model(ckpt["model_config"])
         best = weights == "best" and "best" in ckpt
-        model.load_state_dict(ckpt["best"]["model"] if best else ckpt["model"])
+        # a run with a weight average (TrainConfig.ema): its last weights are the average
+        last = {**ckpt["model"], **ckpt["ema"]} if "ema" in ckpt else ckpt["model"]
+        model.load_state_dict(ckpt["best"]["model"] if best else last)
     except Exception as e:  # wrong shapes, missing keys: a damaged or hand-edited file
         raise CheckpointError(f"checkpoint does not match its model config ({_first_line(e)})") from None
     if len(vocab) != model.vocab_size:

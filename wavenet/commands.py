@@ -21,7 +21,7 @@ from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, fit_to_budget, make_optimizer, train_loop
+from .train import Diverged, WeightAverage, fit_to_budget, make_optimizer, train_loop
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))
@@ -97,7 +97,7 @@ def _train(args, device: str, group) -> int:
     try:
         result = train_loop(job.model, session.optimizer, job.batches, job.cfg, start_step=session.step,
                             lossi=session.lossi, on_interval=session.on_interval,
-                            progress=main and not args.no_progress, ddp=session.ddp)
+                            progress=main and not args.no_progress, ddp=session.ddp, average=session.average)
     except Diverged as e:
         raise Diverged(f"{e}; {job.run.kept('last good ')}", param=e.param) from None
     session.tick()
@@ -170,6 +170,7 @@ class _Session:
         self.job, self.device, self.group, self.announce = job, device, group, announce
         self.main = group is None or group.is_main
         self.optimizer = make_optimizer(job.model, job.cfg)
+        self.average = WeightAverage(job.model, job.cfg.ema) if job.cfg.ema else None
         self.step, self.lossi, self.best = 0, [], None
         # the clock: training seconds (with a budget's probe) and evaluation + checkpoint seconds
         self.clock, self.budget, self._since = {"train_s": 0.0, "eval_s": 0.0}, None, 0.0
@@ -184,6 +185,8 @@ class _Session:
         job = self.job
         job.model.load_state_dict(resumed["model"])
         self.optimizer.load_state_dict(resumed["optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(resumed["ema"])
         job.batches.load_state_dict(resumed["batches"])
         self.step, self.lossi, self.best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
         self.clock.update(resumed.get("clock", {}))
@@ -194,7 +197,7 @@ class _Session:
         """Fix max_steps (and eval_interval) to the time budget (train.fit_to_budget)."""
         job = self.job
         fitted = fit_to_budget(job.model, job.batches, job.cfg, eval_interval_given=eval_interval_given,
-                               ddp=self.ddp)
+                               ddp=self.ddp, average=self.average)
         job.cfg = fitted.cfg
         self.budget = dict(minutes=job.cfg.time_budget, step_s=fitted.step_s, probe_s=fitted.probe_s,
                            probe_steps=fitted.probe_steps)
@@ -228,6 +231,8 @@ class _Session:
                      clock=dict(self.clock))
         if self.budget is not None:
             state["budget"] = self.budget
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
         if "cuda" in rngs[0]:  # dropout on a GPU draws from the GPU's stream
             state["cuda_rng"] = rngs[0]["cuda"]
         if self.group is not None:
@@ -237,12 +242,15 @@ class _Session:
     def on_interval(self, at_step: int) -> None:
         job = self.job
         self.tick()
+        live = None if self.average is None else self.average.apply_to(job.model)  # val: the average's
         val = split_loss(job.model, job.splits[1], job.vocab, self.device, batches=self.val_batches,
                          sharded=True)
         self.clock["eval_s"] += self._lap()
         if self.best is None or val < self.best["val_loss"]:  # the weights sample and eval use by default
             self.best = dict(model={k: v.detach().clone() for k, v in job.model.state_dict().items()},
                              step=at_step, val_loss=val)
+        if live is not None:
+            job.model.load_state_dict(live)  # training goes on from the live weights
         recent = self.lossi[-100:]  # log10 losses of the last 100 steps
         if self.main:
             job.run.append_metrics({"step": at_step, "train_loss_recent": 10 ** (sum(recent) / len(recent)),
@@ -258,6 +266,8 @@ def _report(job: _Job, session: _Session, step: int, num_samples: int, say, devi
     """The end of a run: the loss curve, train and val loss, the best weights, samples."""
     model, vocab = job.model, job.vocab
     train_words, val_words, _ = job.splits
+    if session.average is not None:  # the run's last weights are the average
+        session.average.apply_to(model)
     if session.main and job.run.plot_loss(session.lossi):
         print(f"loss curve: {job.run.loss_plot}")
     scored = sample_for_loss(train_words, seed=job.cfg.seed)

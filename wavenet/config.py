@@ -35,9 +35,10 @@ def _at_least(config, name: str, low) -> None:
         raise WavenetError(f"{name} must be at least {low}, got {value}", param=name)
 
 
-def _check_dropout(config) -> None:
-    if not 0 <= config.dropout < 1:
-        raise WavenetError(f"dropout must be at least 0 and below 1, got {config.dropout}", param="dropout")
+def _check_dropout(config, name: str = "dropout") -> None:
+    value = getattr(config, name)
+    if not 0 <= value < 1:
+        raise WavenetError(f"{name} must be at least 0 and below 1, got {value}", param=name)
 
 
 def _help(text: str, metavar: str | None = None) -> dict:
@@ -93,11 +94,14 @@ class WaveNetConfig:
     dropout: float = field(default=0.3, metadata=_help("dropout probability in training", "P"))
     norm: str = field(default="none", metadata=_help(
         "per-position normalisation of each block's input: none, layer or rms", "KIND"))
+    embd_dropout: float = field(default=0.0, metadata=_help(
+        "dropout on the embeddings, the residual stream's input", "P"))
 
     def __post_init__(self):
         for name in ("n_layers", "n_cycles", "n_residual", "n_skip"):
             _at_least(self, name, 1)
         _check_dropout(self)
+        _check_dropout(self, "embd_dropout")
         if self.norm not in NORMS:
             raise WavenetError(f"norm must be one of {', '.join(NORMS)}, got '{self.norm}'", param="norm")
 
@@ -218,7 +222,9 @@ class TrainConfig:
     decay_at: float = field(default=0.75, metadata=_help(
         "step schedule: the learning rate drops tenfold after this fraction of the steps", "FRACTION"))
     schedule: str = field(default="step", metadata=_help(
-        "step (tenfold drop at decay_at) or cosine (down to a tenth by the last step)", "KIND"))
+        "step (tenfold drop at decay_at) or cosine (down to final_lr by the last step)", "KIND"))
+    final_lr: float = field(default=0.1, metadata=_help(
+        "cosine: the learning rate at the last step, as a fraction of the peak", "FRACTION"))
     warmup: int = field(default=0, metadata=_help("steps of linear learning-rate warm-up", "STEPS"))
     optimizer: str = field(default="sgd", metadata=_help("sgd (plain, the lecture's) or adamw", "KIND"))
     weight_decay: float = field(default=0.0, metadata=_help("adamw: decoupled weight decay of the matrices"))
@@ -230,6 +236,9 @@ class TrainConfig:
         "weights, the optimizer and evaluation stay float32)", "DTYPE"))
     group_by_length: int = field(default=0, metadata=_help(
         "conv: length-sort names within chunks of K batches (less padding, worse BatchNorm)", "K"))
+    ema: float = field(default=0.0, metadata=_help(
+        "average the weights: after each step, average += (1 - d) (weights - average), d = min(EMA, "
+        "(1 + step) / (10 + step)); val, the best weights and the last are the average's (0: off)", "DECAY"))
     time_budget: float = field(default=0.0, metadata=_help(
         "train for this many minutes instead of max_steps: the run measures its step rate, fixes the "
         "steps that fit (recorded, so --resume is exact) and lays the schedule over them; evaluation "
@@ -247,6 +256,11 @@ class TrainConfig:
         if not 0 <= self.decay_at <= 1:
             raise WavenetError(f"decay_at must be a fraction between 0 and 1, got {self.decay_at}",
                                param="decay_at")
+        if not 0 <= self.final_lr <= 1:
+            raise WavenetError(f"final_lr must be a fraction between 0 and 1, got {self.final_lr}",
+                               param="final_lr")
+        if not 0 <= self.ema < 1:
+            raise WavenetError(f"ema must be at least 0 and below 1, got {self.ema}", param="ema")
         _at_least(self, "group_by_length", 0)
         _at_least(self, "warmup", 0)
         _at_least(self, "grad_clip", 0)

@@ -31,14 +31,16 @@ def learning_rate_at(cfg: TrainConfig, step: int) -> float:
     """The rate of step `step` (0-based). First `cfg.warmup` steps: a linear ramp up to
     cfg.learning_rate. Then the "step" schedule, the lecture's: the full rate until
     int(cfg.decay_at * cfg.max_steps) (the lecture: 75% of the steps), then a tenth of it; or
-    "cosine": half a cosine from the full rate down to a tenth of it at the last step."""
+    "cosine": half a cosine from the full rate down to cfg.final_lr of it (a tenth by default)
+    at the last step."""
     lr = cfg.learning_rate
     if step < cfg.warmup:
         return lr * (step + 1) / cfg.warmup
     if cfg.schedule == "step":
         return lr if step < int(cfg.decay_at * cfg.max_steps) else lr / 10
     progress = (step - cfg.warmup) / max(cfg.max_steps - 1 - cfg.warmup, 1)  # 0 .. 1
-    return lr / 10 + (lr - lr / 10) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    low = lr / 10 if cfg.final_lr == 0.1 else lr * cfg.final_lr  # lr / 10: the arithmetic runs have used
+    return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -55,6 +57,44 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), foreach=True)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state (its weights and
+    buffers), for `TrainConfig.ema`. `update(step)` after step `step` (0-based) moves it
+    towards the live state by 1 - d, d = min(decay, (1 + step) / (10 + step)): the early
+    steps, whose weights are far from the final ones, fade quickly. One fused call a step."""
+
+    def __init__(self, model, decay: float):
+        if not 0 < decay < 1:
+            raise WavenetError(f"ema must be between 0 and 1, got {decay}", param="ema")
+        self.decay = decay
+        state = model.state_dict()  # detached views of the live tensors
+        self.names = [name for name, t in state.items() if t.is_floating_point()]
+        self.live = [state[name] for name in self.names]
+        self.average = [t.detach().clone() for t in self.live]
+
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.average, self.live, 1 - d)
+
+    def state_dict(self) -> dict:
+        """The average, by state_dict name (copies)."""
+        return {name: t.clone() for name, t in zip(self.names, self.average)}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, t in zip(self.names, self.average):
+                t.copy_(state[name])
+
+    def apply_to(self, model) -> dict:
+        """Put the average into `model` (the one it averages); returns the live state, to
+        put back with `model.load_state_dict`."""
+        live = {name: t.clone() for name, t in model.state_dict().items()}
+        with torch.no_grad():
+            torch._foreach_copy_(self.live, self.average)
+        return live
+
+
 class Diverged(WavenetError):
     """The loss became NaN or infinite; parameters are left at the last finite step."""
 
@@ -67,7 +107,7 @@ class LoopResult:
 
 def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int = 0, lossi: list | None = None,
                on_interval: Callable[[int], None] | None = None, progress: bool = True,
-               ddp=None) -> LoopResult:
+               ddp=None, average: WeightAverage | None = None) -> LoopResult:
     """Run steps start_step .. cfg.max_steps - 1. `lossi` collects log10(loss) per step, as
     in the lecture. `on_interval(step)` is called every cfg.eval_interval steps (for val
     loss and checkpoints). Ctrl-C or SIGTERM finishes the current step and returns
@@ -82,6 +122,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     is its share of the global batch's mean; one small all-reduce per step gives every
     rank the global loss and whether any rank was asked to stop, so all stop at one step
     (it runs during the backward pass; a non-finite loss still stops before the update).
+
+    `average` (a `WeightAverage`) is updated after every optimizer step.
     """
     lossi = [] if lossi is None else lossi
     group = distributed.active()
@@ -132,6 +174,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             optimizer.step()
+            if average is not None:
+                average.update(step)
             lossi.append(math.log10(value))
             step += 1
             if step % 100 == 0:
@@ -185,11 +229,13 @@ class Fitted:
     probe_steps: int       # steps timed
 
 
-def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool = False, ddp=None) -> Fitted:
+def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool = False, ddp=None,
+                  average: WeightAverage | None = None) -> Fitted:
     """The steps that fit `cfg.time_budget` minutes of training on this machine, measured by
     running the first steps of the run for real (PROBE_WARM untimed, then at least
     PROBE_SECONDS or PROBE_FRACTION of the budget), then putting back everything they
-    changed: the weights and buffers, the batch source and torch's random streams. The run
+    changed: the weights and buffers, the batch source, torch's random streams and the
+    weight `average`, if any (its update is part of a step's cost). The run
     that follows is the fixed-step run of the fitted `max_steps`, bit for bit; the probe's
     time counts against the budget. `eval_interval` becomes max_steps / BUDGET_EVALS unless
     `eval_interval_given`; a budget that does not reach the first evaluation is
@@ -197,14 +243,15 @@ def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool
     collectives keep them together) and all take rank 0's measurement."""
     budget_s = cfg.time_budget * 60
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(batches.state_dict()), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             None if average is None else average.state_dict())
     optimizer = make_optimizer(model, cfg)  # thrown away with the probe's steps
     probe = replace(cfg, eval_interval=1 << 62, time_budget=0.0)
     device = next(model.parameters()).device
 
     def run(steps: int, start: int) -> None:
         result = train_loop(model, optimizer, batches, replace(probe, max_steps=start + steps),
-                            start_step=start, progress=False, ddp=ddp)
+                            start_step=start, progress=False, ddp=ddp, average=average)
         if result.interrupted:
             raise KeyboardInterrupt
         if device.type == "cuda":
@@ -226,6 +273,8 @@ def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool
     torch.set_rng_state(saved[2])
     if saved[3] is not None:
         torch.cuda.set_rng_state_all(saved[3])
+    if average is not None:
+        average.load_state_dict(saved[4])
     steps = int((budget_s - probe_s) / step_s)
     interval = cfg.eval_interval if eval_interval_given else max(1, -(-steps // BUDGET_EVALS))
     if steps < max(interval, 1):

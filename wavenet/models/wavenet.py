@@ -104,14 +104,17 @@ class WaveNet(nn.Module):
     def __init__(self, vocab_size: int, n_layers: int = WaveNetConfig.n_layers,
                  n_cycles: int = WaveNetConfig.n_cycles, n_residual: int = WaveNetConfig.n_residual,
                  n_skip: int = WaveNetConfig.n_skip, dropout: float = WaveNetConfig.dropout,
-                 norm: str = WaveNetConfig.norm, generator: torch.Generator | None = None):
+                 norm: str = WaveNetConfig.norm, embd_dropout: float = WaveNetConfig.embd_dropout,
+                 generator: torch.Generator | None = None):
         super().__init__()
+        # the config checks them
         self.config = WaveNetConfig(n_layers=n_layers, n_cycles=n_cycles, n_residual=n_residual,
-                                    n_skip=n_skip, dropout=dropout, norm=norm)  # checks them
+                                    n_skip=n_skip, dropout=dropout, norm=norm, embd_dropout=embd_dropout)
         self.vocab_size = vocab_size
         self.dilations = self.config.dilations
         self.block_size = self.config.block_size
         self.wte = nn.Embedding(vocab_size, n_residual)
+        self.embd_drop = Dropout(embd_dropout)
         last = len(self.dilations) - 1
         self.blocks = nn.ModuleList(GatedBlock(n_residual, n_skip, d, norm, dropout, last=i == last)
                                     for i, d in enumerate(self.dilations))
@@ -136,7 +139,7 @@ class WaveNet(nn.Module):
         if T < self.block_size:
             raise ValueError(f"WaveNet needs at least {self.block_size} ids per row, got {T}")
         P = T - self.block_size + 1  # number of outputs: the last P positions
-        x, skip = self.wte(idx), 0  # (B, T, C)
+        x, skip = self.embd_drop(self.wte(idx)), 0  # (B, T, C)
         for block in self.blocks:
             d = block.dilation
             u = block.norm(x)
@@ -150,7 +153,7 @@ class WaveNet(nn.Module):
         """Row 0 is the all-boundary state, rows 1.. the names' characters (batches.py); one
         gather by `batch.pairs[i]` gives every row's [older | newer] pair."""
         R = len(batch.ids)
-        x, skip = self.wte(batch.ids), 0  # (R, C)
+        x, skip = self.embd_drop(self.wte(batch.ids)), 0  # (R, C)
         for block, pairs in zip(self.blocks, batch.pairs):
             u = block.norm(x)
             x, s = block(u.index_select(0, pairs).view(R, 2 * u.shape[-1]), x)  # (R, C), (R, S)
