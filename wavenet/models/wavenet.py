@@ -2,7 +2,7 @@
 
 Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full design:
 
-    ids -> embedding (R channels: the residual stream)
+    ids -> embedding (R channels: the residual stream) -> dropout (embd_dropout, 0 by default)
     each block, dilation d (1, 2, 4, ..., repeated in cycles):
         u = norm(x)                                 per position, or none
         h = W * [u(t - d), u(t)] + b                kernel-2 dilated causal conv -> 2R
@@ -12,7 +12,7 @@ Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full
 
 Nothing mixes positions except the causal convolutions, and nothing mixes names at all: no
 BatchNorm, so a training-mode forward is as causal as an eval-mode one. Dropout acts on each
-block's gated activation and on the skip sum.
+block's gated activation and on the skip sum (and, if asked, on the embeddings).
 
 The contract is `ConvWaveNet`'s. `block_size` is the receptive field, 1 + sum of the
 dilations; `model(X, Y)` takes `pad_names(words, vocab, model.block_size)` rows and returns
