@@ -55,8 +55,9 @@ def test_default_shape_and_first_loss():
 @pytest.mark.parametrize("training", [False, True])
 def test_causal_exactly_in_eval_and_training_mode(shape, training):
     """Changing ids after position t changes no output at or before t; in training mode,
-    with dropout, given the same random stream (the masks have the same shape)."""
-    m = make(dropout=0.3 if training else 0.0, **shape).train(training)
+    with dropout (on the blocks and the embeddings), given the same random stream (the
+    masks have the same shape)."""
+    m = make(dropout=0.3 if training else 0.0, embd_dropout=0.2 if training else 0.0, **shape).train(training)
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, len(VOCAB), (3, m.block_size + 12), generator=g)
     torch.manual_seed(7)
@@ -171,8 +172,9 @@ def test_cached_and_full_sampling_draw_the_same_names(prefix):
     assert len({tuple(n) for n in cached}) > 10
 
 
-def test_dropout_acts_in_training_only():
-    m = make(dropout=0.5, n_layers=2, n_cycles=1)
+@pytest.mark.parametrize("dropouts", [dict(dropout=0.5), dict(embd_dropout=0.5)])
+def test_dropout_acts_in_training_only(dropouts):
+    m = make(n_layers=2, n_cycles=1, **dropouts)
     X, Y = pad_names(WORDS, VOCAB, m.block_size)
     m.eval()
     assert torch.equal(m(X)[0], m(X)[0])
@@ -180,6 +182,10 @@ def test_dropout_acts_in_training_only():
     assert not torch.equal(m(X)[0], m(X)[0])
     batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
     assert m(batch)[1] != m(batch)[1]
+    m.embd_drop.p = m.drop.p = 0.0
+    for block in m.blocks:
+        block.drop.p = 0.0
+    assert torch.equal(m(X)[0], m(X)[0])  # what changed the outputs was dropout
 
 
 # ---------------------------------------------------------------------- the recipe
@@ -191,6 +197,9 @@ def test_warmup_then_cosine_down_to_a_tenth():
     assert rates[100] == 1.0 and rates[999] == pytest.approx(0.1)
     assert rates[100 + 899 // 2] == pytest.approx(0.55, abs=1e-3)  # halfway down the cosine
     assert all(a >= b for a, b in zip(rates[100:], rates[101:]))
+    to_zero = TrainConfig(max_steps=1000, learning_rate=1.0, warmup=100, schedule="cosine", final_lr=0.0)
+    assert learning_rate_at(to_zero, 999) == 0.0 and learning_rate_at(to_zero, 100) == 1.0
+    assert learning_rate_at(to_zero, 100 + 899 // 2) == pytest.approx(0.5, abs=1e-3)
     step = TrainConfig(max_steps=100, learning_rate=1.0, warmup=10, decay_at=0.5)
     assert [learning_rate_at(step, s) for s in (0, 9, 10, 49, 50)] == [0.1, 1.0, 1.0, 1.0, 0.1]
 
@@ -212,6 +221,7 @@ def test_adamw_decays_the_matrices_only():
     (dict(weight_decay=0.1), "weight_decay needs optimizer adamw"),
     (dict(warmup=-1), "warmup must be at least 0"),
     (dict(grad_clip=-1.0), "grad_clip must be at least 0"),
+    (dict(final_lr=1.5), "final_lr must be a fraction between 0 and 1"),
 ])
 def test_recipe_mistakes(given, message):
     with pytest.raises(Exception, match=message):
@@ -221,6 +231,7 @@ def test_recipe_mistakes(given, message):
 @pytest.mark.parametrize("given,message", [
     (dict(norm="batch"), "norm must be one of none, layer, rms"),
     (dict(dropout=1.0), "dropout must be at least 0 and below 1"),
+    (dict(embd_dropout=-0.1), "embd_dropout must be at least 0 and below 1"),
     (dict(n_cycles=0), "n_cycles must be at least 1"),
 ])
 def test_model_mistakes(given, message):
