@@ -170,14 +170,15 @@ def test_dist_timeout_must_be_positive(tiny_file, tmp_path, cli, one_line_error,
 @pytest.mark.parametrize("kind, flags", [
     ("conv", []),
     ("mlp", []),
-    ("wavenet", ["--dropout", "0", "--n-residual", "32", "--n-skip", "48"]),
+    ("wavenet", ["--dropout", "0", "--n-residual", "32", "--n-skip", "48", "--ema", "0.9"]),
     ("lstm", ["--dropout", "0", "--n-embd", "16", "--n-hidden", "24"]),
     pytest.param("transformer", ["--dropout", "0", "--n-embd", "16", "--n-head", "2", "--n-layers", "2"],
                  marks=pytest.mark.slow),
 ])
 def test_two_processes_train_what_one_does(kind, flags, data_file, tmp_path, cli, group_of):
-    """30 steps, val every 10: parameters, BatchNorm buffers, every step's loss and the val
-    losses equal one process's; only rank 0 prints and writes."""
+    """30 steps, val every 10: parameters, BatchNorm buffers, the weight average (the
+    WaveNet's, --ema), every step's loss and the val losses equal one process's; only rank
+    0 prints and writes."""
     argv = ["train", "-i", data_file, "--model", kind, "--max-steps", "30", "--eval-interval", "10",
             "--no-progress", "-n", "3", *flags]
     code, out_one, err = cli(*argv, "-o", tmp_path / "one")
@@ -187,6 +188,9 @@ def test_two_processes_train_what_one_does(kind, flags, data_file, tmp_path, cli
     one, two = RunDir(tmp_path / "one").load(), RunDir(tmp_path / "two").load()
     _close(one["model"], two["model"])
     _close(one["best"]["model"], two["best"]["model"])
+    assert ("ema" in one) == ("ema" in two) == (kind == "wavenet")
+    if kind == "wavenet":
+        _close(one["ema"], two["ema"])
     assert torch.allclose(one["lossi"], two["lossi"], rtol=0, atol=TOL) and len(two["lossi"]) == 30
     metrics = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
                for d in ("one", "two")]
