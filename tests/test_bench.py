@@ -44,13 +44,19 @@ def test_every_kind_side_by_side(names):
     result = bench_kinds.compare(names[:600], kinds=("mlp", "wavenet", "gru", "transformer"), repeats=1,
                                  steps=2, sample_names=4)
     assert result["gemm_gflops"] > 0
-    for r in result["kinds"].values():
-        assert r["train_targets_per_s"] > 0 and r["eval_targets_per_s"] > 0 and r["sample_names_per_s"] > 0
+    assert list(result["kinds"]) == ["mlp", "wavenet", bench_kinds.AUTOGRAD, "gru", "transformer"]
+    for label, r in result["kinds"].items():
+        assert r["train_targets_per_s"] > 0 and r["bytes_per_target"] > 0
+        if label != bench_kinds.AUTOGRAD:  # the WaveNet's reference step: training only
+            assert r["eval_targets_per_s"] > 0 and r["sample_names_per_s"] > 0
         assert r["train_fraction"] == r["train_gflops"] / result["gemm_gflops"]
-        assert r["bytes_per_target"] > 0
+    fused, autograd = result["kinds"]["wavenet"], result["kinds"][bench_kinds.AUTOGRAD]
+    assert fused["targets_per_step"] == autograd["targets_per_step"]  # the same batches, two steps
+    assert fused["bytes_per_target"] < 1.01 * autograd["bytes_per_target"]  # saves what autograd saves
     assert result["kinds"]["mlp"]["targets_per_step"] == 32  # the lecture's windows
     assert 64 * 2 < result["kinds"]["wavenet"]["targets_per_step"] < 64 * 16  # 64 whole names
-    assert "| transformer |" in bench_kinds.markdown(result)
+    table = bench_kinds.markdown(result)
+    assert "| transformer |" in table and f"| {bench_kinds.AUTOGRAD} |" in table
 
 
 def test_full_names_are_deterministic_and_keep_every_target(names):

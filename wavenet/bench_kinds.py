@@ -13,6 +13,10 @@ machine's rate:
 - memory: bytes autograd saves for the backward pass of one training step, per target;
 - sampling: names per second, generated 200 at a time with the kind's cache (the MLP: its
   window).
+
+Beside the WaveNet's hand-written step (what `wavenet train` runs) races the same model's
+step with autograd through the blocks ("wavenet, autograd step"): the step's gain, measured
+in the same race.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def seeded() -> torch.Generator:
 
 
 KINDS = ("mlp", "conv", "wavenet", "lstm", "gru", "transformer")
+AUTOGRAD = "wavenet, autograd step"  # the WaveNet's reference step, raced beside its own
 
 
 def forward_flops(model) -> int:
@@ -73,10 +78,15 @@ def compare(names: list[str], device="cpu", kinds=KINDS, repeats: int = 3, steps
     train_words, val_words, _ = split_words(names)
     val_targets = sum(len(w) + 1 for w in val_words)
     fns, out, prepared = {}, {}, {}
-    for kind in kinds:
+    entries = [(kind, kind) for kind in kinds]
+    if "wavenet" in kinds:
+        entries.insert(entries.index(("wavenet", "wavenet")) + 1, (AUTOGRAD, "wavenet"))
+    for label, kind in entries:
         cfg = RECIPES[kind]
         g = torch.Generator().manual_seed(seed)
         model = build_model(model_config(kind), len(vocab), g).to(device)
+        if label == AUTOGRAD:
+            model.fused = False
         batches = make_batches(model, train_words, vocab, cfg, g, device)
         optimizer = make_optimizer(model, replace(cfg, learning_rate=cfg.learning_rate / 100))
         counted = {"targets": 0}
@@ -91,36 +101,42 @@ def compare(names: list[str], device="cpu", kinds=KINDS, repeats: int = 3, steps
             optimizer.step()
             counted["targets"] += batches.counts[1]
 
+        fns[f"{label}.train"] = lambda step=step: [step() for _ in range(steps)]
+        prepared[label] = (kind, model, batches, counted)
+        if label == AUTOGRAD:
+            continue  # evaluation and sampling are the WaveNet's own: no second copy
         val_batches = [(x.to(device), y) for x, y in eval_batches(model, val_words, vocab)]
-        fns[f"{kind}.train"] = lambda step=step: [step() for _ in range(steps)]
         fns[f"{kind}.eval"] = lambda m=model, b=val_batches: split_loss(m, val_words, vocab, device,
                                                                         batches=b)
         fns[f"{kind}.sample"] = lambda m=model: generate(m, sample_names, generator=seeded(),
                                                          max_new_tokens=longest, device=device)
-        prepared[kind] = (model, batches, counted)
     product, product_flops = gemm(2048, 256, 256, device)
     reps = 20
     fns["gemm"] = lambda: [product() for _ in range(reps)]
     times = race(fns, repeats, device)
     gemm_gflops = reps * product_flops / times["gemm"] / 1e9
-    for kind in kinds:
-        model, batches, counted = prepared[kind]
+    for label, (kind, model, batches, counted) in prepared.items():
         targets_per_step = counted["targets"] / ((repeats + 1) * steps)  # every timed and warm-up step
-        train_rate = steps * targets_per_step / times[f"{kind}.train"]
+        train_rate = steps * targets_per_step / times[f"{label}.train"]
         gflops = 3 * forward_flops(model) * train_rate / 1e9
         model.train()
         X, Y = batches.next()
         memory = saved_bytes(lambda m=model, X=X, Y=Y: m(X, Y)[1].backward()) / batches.counts[1]
-        out[kind] = dict(params=sum(p.numel() for p in model.parameters()),
-                         batch_size=RECIPES[kind].batch_size,
-                         targets_per_step=targets_per_step, train_targets_per_s=train_rate,
-                         train_ms_per_step=times[f"{kind}.train"] / steps * 1e3, train_gflops=gflops,
-                         train_fraction=gflops / gemm_gflops, forward_flops=forward_flops(model),
-                         eval_targets_per_s=val_targets / times[f"{kind}.eval"],
-                         bytes_per_target=memory,
-                         sample_names_per_s=sample_names / times[f"{kind}.sample"])
+        out[label] = dict(params=sum(p.numel() for p in model.parameters()),
+                          batch_size=RECIPES[kind].batch_size,
+                          targets_per_step=targets_per_step, train_targets_per_s=train_rate,
+                          train_ms_per_step=times[f"{label}.train"] / steps * 1e3, train_gflops=gflops,
+                          train_fraction=gflops / gemm_gflops, forward_flops=forward_flops(model),
+                          bytes_per_target=memory)
+        if label != AUTOGRAD:
+            out[label].update(eval_targets_per_s=val_targets / times[f"{kind}.eval"],
+                              sample_names_per_s=sample_names / times[f"{kind}.sample"])
     return dict(kinds=out, gemm_gflops=gemm_gflops, repeats=repeats, steps=steps, sample_names=sample_names,
                 threads=torch.get_num_threads())
+
+
+def _figure(row: dict, key: str) -> str:
+    return f"{row[key]:,.0f}" if key in row else "(the same model)"
 
 
 def markdown(result: dict) -> str:
@@ -131,8 +147,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {kind} | {r['params']:,} | {r['batch_size']} | {r['targets_per_step']:.0f} | "
                      f"{r['train_targets_per_s']:,.0f} | {r['train_ms_per_step']:.1f} | "
                      f"{r['train_gflops']:.1f} ({r['train_fraction']:.0%}) | "
-                     f"{r['eval_targets_per_s']:,.0f} | "
-                     f"{r['bytes_per_target']:,.0f} | {r['sample_names_per_s']:,.0f} |")
+                     f"{_figure(r, 'eval_targets_per_s')} | "
+                     f"{r['bytes_per_target']:,.0f} | {_figure(r, 'sample_names_per_s')} |")
     lines += ["", f"Every kind at its default shape and recipe batch, on the lecture's names, in one race "
               f"(median of {result['repeats']} alternating repeats after a warm-up; {result['steps']} "
               f"training steps each), {result['threads']} threads; the machine's matrix product "

@@ -34,6 +34,7 @@ from ..batches import PackedNames
 from ..config import WaveNetConfig
 from ..layers import kernel_matrix, lm_loss, packed_loss, tap_major_conv
 from .cache import RingCache
+from .wavenet_fused import fused_forward
 
 
 class RMSNorm(nn.Module):
@@ -100,6 +101,7 @@ class WaveNet(nn.Module):
 
     Config = WaveNetConfig
     kind = "wavenet"
+    fused = True  # False: training steps run autograd through the blocks (the reference)
 
     def __init__(self, vocab_size: int, n_layers: int = WaveNetConfig.n_layers,
                  n_cycles: int = WaveNetConfig.n_cycles, n_residual: int = WaveNetConfig.n_residual,
@@ -151,7 +153,10 @@ class WaveNet(nn.Module):
 
     def _forward_packed(self, batch: PackedNames):
         """Row 0 is the all-boundary state, rows 1.. the names' characters (batches.py); one
-        gather by `batch.pairs[i]` gives every row's [older | newer] pair."""
+        gather by `batch.pairs[i]` gives every row's [older | newer] pair. A training step
+        without a norm takes the hand-written step (wavenet_fused.py), the same function."""
+        if self.training and torch.is_grad_enabled() and self.config.norm == "none" and self.fused:
+            return fused_forward(self, batch)
         R = len(batch.ids)
         x, skip = self.embd_drop(self.wte(batch.ids)), 0  # (R, C)
         for block, pairs in zip(self.blocks, batch.pairs):
