@@ -91,31 +91,29 @@ class FusedWaveNet(torch.autograd.Function):
         if m_head is not None:
             dskip.mul_(m_head)
         dskip.mul_(r > 0)  # (R, S): the same gradient reaches every block's skip output
-        dskip_sum = dskip.sum(0)
+        dx = dskip.new_zeros(len(batch.ids), C)  # the stream after the last block feeds nothing
+        ones = dskip.new_ones(len(batch.ids))  # column sums as matrix-vector products: faster here
         d_blocks = [None] * (4 * n_blocks)
-        dx = None  # the stream after the last block feeds nothing
         for i in reversed(range(n_blocks)):
             conv_w, _, proj_w, _ = block_params[4 * i: 4 * i + 4]
             pair, h, z, mask = saved[4 * i: 4 * i + 4]
-            if dx is None:  # the last block: skip only
-                d_proj_w, d_proj_b = torch.mm(dskip.t(), z), dskip_sum
+            if i == n_blocks - 1:  # the last block: skip only
+                d_proj_w, d_proj_b = torch.mm(dskip.t(), z), torch.mv(dskip.t(), ones)
                 dz = torch.mm(dskip, proj_w)
-                dx = dskip.new_zeros(len(batch.ids), C)
             else:
-                d_proj_w = torch.cat([torch.mm(dx.t(), z), torch.mm(dskip.t(), z)])
-                d_proj_b = torch.cat([dx.sum(0), dskip_sum])
-                dz = torch.addmm(torch.mm(dskip, proj_w[C:]), dx, proj_w[:C])
+                out = torch.cat([dx, dskip], 1)  # (R, C + S): [d stream | d skip]
+                d_proj_w, d_proj_b = torch.mm(out.t(), z), torch.mv(out.t(), ones)
+                dz = torch.mm(out, proj_w)
             if mask is not None:
                 dz.mul_(mask)
             s2f, sg = h[:, :C], h[:, C:]  # sigmoid(2f), sigmoid(g)
             a = s2f.mul(2).sub_(1)  # tanh(f)
-            dh = torch.empty_like(h)
-            # d/df: dz * sigmoid(g) * (1 - tanh(f)^2); d/dg: dz * tanh(f) * s (1 - s)
-            torch.mul(dz, sg, out=dh[:, :C]).mul_(1 - a * a)
-            torch.mul(dz, a, out=dh[:, C:]).mul_(sg).mul_(1 - sg)
+            dh = torch.empty_like(h)  # d/df = dz sigmoid(g) (1 - tanh(f)^2), d/dg = dz tanh(f) s (1 - s)
+            torch.ops.aten.tanh_backward.grad_input(dz * sg, a, grad_input=dh[:, :C])
+            torch.ops.aten.sigmoid_backward.grad_input(dz.mul_(a), sg, grad_input=dh[:, C:])
             d_conv_w = torch.mm(dh.t(), pair)  # (2C, 2C) as [tap at t - d | tap at t]
             # in the kernel's own tap-major layout (layers.tap_major_conv), no copy
-            d_blocks[4 * i: 4 * i + 4] = [d_conv_w.view(2 * C, 2, C).transpose(1, 2), dh.sum(0),
+            d_blocks[4 * i: 4 * i + 4] = [d_conv_w.view(2 * C, 2, C).transpose(1, 2), torch.mv(dh.t(), ones),
                                           d_proj_w, d_proj_b]
             dpair = torch.mm(dh, kernel_matrix(conv_w))  # (R, 2C)
             dx.index_add_(0, batch.pairs[i], dpair.view(-1, C))  # += through the gather
