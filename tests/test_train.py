@@ -176,8 +176,9 @@ def test_make_batches_picks_the_source_of_the_model_kind():
 WAVENET = ["--n-residual", "16", "--n-skip", "16"]
 
 
-@pytest.mark.parametrize("kind, flags, exact", [("mlp", [], False), ("wavenet", WAVENET + ["--norm", "rms"], False),
-                                                ("conv", [], True), ("wavenet", WAVENET, True)])
+@pytest.mark.parametrize("kind, flags, exact", [
+    ("mlp", [], False), ("wavenet", WAVENET + ["--norm", "rms"], False), ("conv", [], True),
+    ("wavenet", WAVENET, True)])
 def test_bf16_autocast_trains_in_float32_weights(kind, flags, exact, tmp_path, names_path, cli):
     """--dtype bf16 (autocast; here on the CPU, which has it too): the MLP's matrix products,
     and a WaveNet's with a norm (autograd), run in bfloat16, so their weights differ from a

@@ -19,7 +19,8 @@ from wavenet.train import learning_rate_at, make_optimizer
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
 SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2),
-          dict(n_layers=4, n_cycles=1, norm="layer"), dict(n_layers=2, n_cycles=3, norm="rms")]
+          dict(n_layers=2, n_cycles=2, head_layers=1), dict(n_layers=4, n_cycles=1, norm="layer"),
+          dict(n_layers=2, n_cycles=3, norm="rms")]
 
 
 def make(dtype=torch.float64, seed=0, dropout=0.0, **shape):
@@ -134,7 +135,8 @@ def test_the_packed_path_is_the_padded_function(shape, dtype, tol, training):
                                rtol=0, atol=tol)
 
 
-FUSED_SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2), dict(n_layers=1, n_cycles=1)]
+FUSED_SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2), dict(n_layers=1, n_cycles=1),
+                dict(n_layers=2, n_cycles=2, head_layers=1)]
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
@@ -292,6 +294,7 @@ def test_recipe_mistakes(given, message):
     (dict(dropout=1.0), "dropout must be at least 0 and below 1"),
     (dict(embd_dropout=-0.1), "embd_dropout must be at least 0 and below 1"),
     (dict(n_cycles=0), "n_cycles must be at least 1"),
+    (dict(head_layers=3), "head_layers must be 1 or 2, got 3"),
 ])
 def test_model_mistakes(given, message):
     with pytest.raises(Exception, match=message):
@@ -303,6 +306,22 @@ def test_model_mistakes(given, message):
 TINY = ["--model", "wavenet", "--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "--n-cycles", "2",
         "--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--warmup", "5", "--no-progress",
         "-n", "0"]
+
+
+def test_a_one_layer_head_trains_samples_and_evaluates(tmp_path, tiny_file, cli):
+    """--head-layers 1: the checkpoint records it, holds no hidden layer, and sample and eval
+    rebuild the same model from it."""
+    run = tmp_path / "lean"
+    code, _, err = cli("train", "-o", run, "-i", tiny_file, *TINY, "--head-layers", "1")
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["model_config"]["head_layers"] == 1
+    assert not any(name.startswith("hidden.") for name in ckpt["model"])
+    model, vocab = ckpt_io.model_from_checkpoint(ckpt)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(model.config, len(vocab))
+    for command in ("sample", "eval"):
+        code, out, err = cli(command, "-o", run)
+        assert code == 0 and out, err
 
 
 def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_file, cli,
@@ -390,7 +409,8 @@ def test_flags_of_another_kind_are_refused(tmp_path, tiny_file, cli, one_line_er
 def test_the_paper_block_written_with_conv1d(shape):
     """The model against the paper's network written plainly with `F.conv1d` on (B, C, T):
     a dilated kernel-2 conv into filter and gate, tanh * sigmoid, 1x1 into the residual and
-    skip streams, relu -> 1x1 -> relu -> 1x1 on the skip sum (eval mode)."""
+    skip streams, relu -> 1x1 -> relu -> 1x1 on the skip sum, or relu -> 1x1 with one head
+    layer (eval mode)."""
     m = make(**shape).eval()
     X, _ = pad_names(WORDS, VOCAB, m.block_size)
     P = X.shape[1] - m.block_size + 1
@@ -403,7 +423,11 @@ def test_the_paper_block_written_with_conv1d(shape):
         if block.residual:
             x = x[:, :, block.dilation:] + o[:, :block.residual]
         skip = skip + o[:, block.residual:, -P:]  # (B, S, P)
-    hidden = torch.relu(torch.conv1d(torch.relu(skip), m.hidden.weight[:, :, None], m.hidden.bias))
+    hidden = torch.relu(skip)
+    if shape.get("head_layers", 2) == 2:
+        hidden = torch.relu(torch.conv1d(hidden, m.hidden.weight[:, :, None], m.hidden.bias))
+    else:
+        assert m.hidden is None
     logits = torch.conv1d(hidden, m.head.weight[:, :, None], m.head.bias)  # (B, V, P)
     torch.testing.assert_close(m(X)[0], logits.transpose(1, 2), rtol=0, atol=1e-12)
 

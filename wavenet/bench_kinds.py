@@ -57,8 +57,9 @@ def forward_flops(model) -> int:
         for block in model.blocks:
             total += 2 * block.conv.in_channels * 2 * block.conv.out_channels  # [older | newer] -> 2C
             total += 2 * block.proj.in_features * block.proj.out_features
-        return total + 2 * model.hidden.in_features * model.hidden.out_features + \
-            2 * model.head.in_features * model.head.out_features
+        if model.hidden is not None:
+            total += 2 * model.hidden.in_features * model.hidden.out_features
+        return total + 2 * model.head.in_features * model.head.out_features
     if kind in ("lstm", "gru"):
         total = sum(2 * layer.weight_ih_l0.numel() + 2 * layer.weight_hh_l0.numel() for layer in model.layers)
         return total + 2 * model.head.weight.numel()

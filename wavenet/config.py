@@ -96,12 +96,17 @@ class WaveNetConfig:
         "per-position normalisation of each block's input: none, layer or rms", "KIND"))
     embd_dropout: float = field(default=0.0, metadata=_help(
         "dropout on the embeddings, the residual stream's input", "P"))
+    head_layers: int = field(default=2, metadata=_help(
+        "the output head: 2, the paper's two 1x1 convolutions (relu, skip -> skip, relu, -> vocabulary); "
+        "1, one (relu, skip -> vocabulary)", "N"))
 
     def __post_init__(self):
         for name in ("n_layers", "n_cycles", "n_residual", "n_skip"):
             _at_least(self, name, 1)
         _check_dropout(self)
         _check_dropout(self, "embd_dropout")
+        if self.head_layers not in (1, 2):
+            raise WavenetError(f"head_layers must be 1 or 2, got {self.head_layers}", param="head_layers")
         if self.norm not in NORMS:
             raise WavenetError(f"norm must be one of {', '.join(NORMS)}, got '{self.norm}'", param="norm")
 

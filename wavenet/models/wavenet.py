@@ -8,7 +8,8 @@ Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full
         h = W * [u(t - d), u(t)] + b                kernel-2 dilated causal conv -> 2R
         z = drop(tanh(h_filter) * sigmoid(h_gate))  the gated activation -> R
         x = x + W_res z,   skip += W_skip z         1x1 convolutions (the last block: skip only)
-    logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions
+    logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions (head_layers 2)
+          or W_2 drop(relu(skip)) + b_2                   one (head_layers 1)
 
 Nothing mixes positions except the causal convolutions, and nothing mixes names at all: no
 BatchNorm, so a training-mode forward is as causal as an eval-mode one. Dropout acts on each
@@ -107,11 +108,12 @@ class WaveNet(nn.Module):
                  n_cycles: int = WaveNetConfig.n_cycles, n_residual: int = WaveNetConfig.n_residual,
                  n_skip: int = WaveNetConfig.n_skip, dropout: float = WaveNetConfig.dropout,
                  norm: str = WaveNetConfig.norm, embd_dropout: float = WaveNetConfig.embd_dropout,
-                 generator: torch.Generator | None = None):
+                 head_layers: int = WaveNetConfig.head_layers, generator: torch.Generator | None = None):
         super().__init__()
         # the config checks them
         self.config = WaveNetConfig(n_layers=n_layers, n_cycles=n_cycles, n_residual=n_residual,
-                                    n_skip=n_skip, dropout=dropout, norm=norm, embd_dropout=embd_dropout)
+                                    n_skip=n_skip, dropout=dropout, norm=norm, embd_dropout=embd_dropout,
+                                    head_layers=head_layers)
         self.vocab_size = vocab_size
         self.dilations = self.config.dilations
         self.block_size = self.config.block_size
@@ -120,7 +122,7 @@ class WaveNet(nn.Module):
         last = len(self.dilations) - 1
         self.blocks = nn.ModuleList(GatedBlock(n_residual, n_skip, d, norm, dropout, last=i == last)
                                     for i, d in enumerate(self.dilations))
-        self.hidden = nn.Linear(n_skip, n_skip)
+        self.hidden = nn.Linear(n_skip, n_skip) if head_layers == 2 else None
         self.drop = Dropout(dropout)
         self.head = nn.Linear(n_skip, vocab_size)
         _init_(self, generator)
@@ -130,7 +132,8 @@ class WaveNet(nn.Module):
         return 1 + sum(block.dilation for block in self.blocks)
 
     def _logits(self, skip: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.hidden(self.drop(F.relu(skip)))))
+        h = self.drop(F.relu(skip))
+        return self.head(h if self.hidden is None else F.relu(self.hidden(h)))
 
     def forward(self, idx, targets: torch.Tensor | None = None):
         """`idx` (B, T) padded ids (targets (B, T - block_size + 1), -1 ignored) -> (logits, loss);
@@ -205,7 +208,8 @@ def parameter_count(config: WaveNetConfig, vocab_size: int) -> int:
     norm = {"none": 0, "layer": 2 * C, "rms": C}[config.norm]
     conv = 2 * C * 2 * C + 2 * C
     proj = (C + 1) * (C + S) * (n - 1) + (C + 1) * S  # the last block has no residual output
-    return vocab_size * C + n * (norm + conv) + proj + (S + 1) * S + (S + 1) * vocab_size
+    hidden = (S + 1) * S if config.head_layers == 2 else 0
+    return vocab_size * C + n * (norm + conv) + proj + hidden + (S + 1) * vocab_size
 
 
 def _init_(model: WaveNet, generator: torch.Generator | None) -> None:

@@ -64,7 +64,7 @@ class FusedWaveNet(torch.autograd.Function):
         r = skip.relu_()  # (R, S)
         m_head = _mask(r, p_block)
         rd = r if m_head is None else r * m_head
-        q = torch.addmm(hidden_b, rd, hidden_w.t()).relu_()
+        q = rd if hidden_w is None else torch.addmm(hidden_b, rd, hidden_w.t()).relu_()  # the head's input
         logits = torch.addmm(head_b, q, head_w.t())
         logp = torch.log_softmax(logits, 1)
         loss = logp.view(-1).index_select(0, batch.targets).sum().div_(-N)
@@ -85,9 +85,14 @@ class FusedWaveNet(torch.autograd.Function):
         g.view(-1).index_add_(0, batch.targets, g.new_full((1,), -1.0).expand(N))
         g.mul_(dloss / N)
         d_head_w, d_head_b = torch.mm(g.t(), q), g.sum(0)
-        dq = torch.mm(g, head_w).mul_(q > 0)
-        d_hidden_w, d_hidden_b = torch.mm(dq.t(), rd), dq.sum(0)
-        dskip = torch.mm(dq, hidden_w)
+        dq = torch.mm(g, head_w)
+        if hidden_w is None:  # one head layer: q is rd
+            d_hidden_w = d_hidden_b = None
+            dskip = dq
+        else:
+            dq.mul_(q > 0)
+            d_hidden_w, d_hidden_b = torch.mm(dq.t(), rd), dq.sum(0)
+            dskip = torch.mm(dq, hidden_w)
         if m_head is not None:
             dskip.mul_(m_head)
         dskip.mul_(r > 0)  # (R, S): the same gradient reaches every block's skip output
@@ -130,7 +135,8 @@ def fused_forward(model, batch):
     for block in model.blocks:
         params += [block.conv.weight, block.conv.bias, block.proj.weight, block.proj.bias]
     shape = (model.config.dropout, model.config.embd_dropout, model.config.n_residual)
+    hidden = (None, None) if model.hidden is None else (model.hidden.weight, model.hidden.bias)
     with torch.autocast(model.wte.weight.device.type, enabled=False):  # the arithmetic as written
-        loss, logits = FusedWaveNet.apply(batch, shape, model.wte.weight, model.hidden.weight,
-                                          model.hidden.bias, model.head.weight, model.head.bias, *params)
+        loss, logits = FusedWaveNet.apply(batch, shape, model.wte.weight, *hidden, model.head.weight,
+                                          model.head.bias, *params)
     return logits, loss
