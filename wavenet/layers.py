@@ -76,6 +76,13 @@ def packed_loss(logits: torch.Tensor, batch) -> torch.Tensor:
     return -F.log_softmax(logits, -1).view(-1)[batch.targets].mean()
 
 
+def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout's scaled keep mask for a tensor shaped as `like`: 0 with probability p, else
+    1 / (1 - p), drawn with `torch.rand` (models/wavenet.py's `Dropout`, and the WaveNet's
+    hand-written step, which must draw the same masks)."""
+    return torch.rand_like(like).ge_(p).mul_(1 / (1 - p))
+
+
 def kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
     """A fusion weight as the one matrix (H, 2C) that multiplies a pair [older | newer]: a
     Linear's (H, 2C) as it is; a kernel-2 Conv1d's (H, C, 2) as [tap at t - d | tap at t], a

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..batches import PackedNames
 from ..config import WaveNetConfig
-from ..layers import kernel_matrix, lm_loss, packed_loss, tap_major_conv
+from ..layers import dropout_mask, kernel_matrix, lm_loss, packed_loss, tap_major_conv
 from .cache import RingCache
 from .wavenet_fused import fused_forward
 
@@ -63,7 +63,7 @@ class Dropout(nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        return x * torch.rand_like(x).ge_(self.p).mul_(1 / (1 - self.p))
+        return x * dropout_mask(x, self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import kernel_matrix
+from ..layers import dropout_mask, kernel_matrix
 
 
 def _mask(like: torch.Tensor, p: float) -> torch.Tensor | None:
-    """Dropout's scaled keep mask, drawn exactly as wavenet.Dropout draws it."""
-    return torch.rand_like(like).ge_(p).mul_(1 / (1 - p)) if p else None
+    """The mask wavenet.Dropout draws, or None where it draws none (p = 0)."""
+    return dropout_mask(like, p) if p else None
 
 
 class FusedWaveNet(torch.autograd.Function):
