@@ -403,6 +403,8 @@ def test_flags_of_another_kind_are_refused(tmp_path, tiny_file, cli, one_line_er
                    "--n-cycles does not apply to a 'conv' model")
     one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "c", *TINY, "--norm", "batch")[::2],
                    "--norm must be one of none, layer, rms")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "d", *TINY, "--head-layers", "3")[::2],
+                   "--head-layers must be 1 or 2, got 3")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
