@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from wavenet.batches import NameBatches, WindowBatches, build_windows, make_batches
-from wavenet.config import TrainConfig
+from wavenet.config import RECIPES, TrainConfig
 from wavenet.distributed import Group, moments, share
 from wavenet.models import ConvWaveNet
 from wavenet.rundir import RunDir
@@ -226,19 +227,21 @@ def test_torchrun_itself_and_resume_from_a_one_process_checkpoint(data_file, tmp
 
 @pytest.mark.slow
 def test_a_time_budget_under_torchrun_fits_one_step_count_for_every_rank(data_file, tmp_path, cli,
-                                                                         group_of):
-    """Both ranks measure the same steps and take rank 0's rate, so they train the same
-    fitted count (any disagreement would hang the group or fail); the run then equals one
-    process trained for that recorded count."""
+                                                                         group_of, monkeypatch):
+    """Both ranks measure the same steps and take rank 0's rate, at the start and at each
+    re-fit, so they train the same count on the same schedule (any disagreement would hang
+    the group or fail); the run then equals one process trained on that recorded schedule."""
     argv = ["train", "-i", data_file, "--model", "wavenet", "--dropout", "0", "--n-residual", "16",
             "--n-skip", "16", "--no-progress", "-n", "0"]
     (c0, out0, err0), (c1, _, err1) = _finish(group_of(lambda r: [*argv, "--time-budget", "0.05",
                                                                   "-o", tmp_path / "two"]))
     assert c0 == 0 and c1 == 0, err0 + err1
     two = RunDir(tmp_path / "two").load()
-    steps, interval = two["train_config"]["max_steps"], two["train_config"]["eval_interval"]
+    steps = two["train_config"]["max_steps"]
     assert two["step"] == steps > 0 and "time budget 0.05 min" in out0
-    code, _, err = cli(*argv, "--max-steps", steps, "--eval-interval", interval, "-o", tmp_path / "one")
+    # the recorded recipe (steps, interval, any knots: no flag sets those) as the default, no budget
+    monkeypatch.setitem(RECIPES, "wavenet", replace(TrainConfig(**two["train_config"]), time_budget=0.0))
+    code, _, err = cli(*argv, "-o", tmp_path / "one")
     assert code == 0, err
     _close(RunDir(tmp_path / "one").load()["model"], two["model"])
 

@@ -14,7 +14,7 @@ import errno
 import os
 import sys
 
-from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES
+from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES, flag_fields
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WavenetError
 
 # Library parameter -> the flag that sets it, where the two are not simply `--name-with-dashes`.
@@ -40,7 +40,7 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
     metadata gives its help, optionally a metavar and a `parse` function (default: its type)."""
     seen: dict[str, tuple[dataclasses.Field, dict, dict]] = {}
     for kind, config in defaults.items():
-        for f in dataclasses.fields(config):
+        for f in flag_fields(config):
             _, values, helps = seen.setdefault(f.name, (f, {}, {}))
             values[kind] = getattr(config, f.name)
             helps.setdefault(f.metadata["help"], []).append(kind)

@@ -13,7 +13,15 @@ import torch
 from . import distributed
 from .batches import eval_batches, make_batches
 from .checkpoint import model_from_checkpoint, model_state
-from .config import DEFAULT_KIND, MODEL_CONFIGS, RECIPES, TrainConfig, config_from_record, model_config
+from .config import (
+    DEFAULT_KIND,
+    MODEL_CONFIGS,
+    RECIPES,
+    TrainConfig,
+    config_from_record,
+    flag_fields,
+    model_config,
+)
 from .data import Vocab, load_words, split_words
 from .distributed import GroupError
 from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
@@ -21,7 +29,7 @@ from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, WeightAverage, fit_to_budget, make_optimizer, train_loop
+from .train import Diverged, WeightAverage, fit_to_budget, make_optimizer, refit_to_budget, train_loop
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))
@@ -174,6 +182,7 @@ class _Session:
         self.step, self.lossi, self.best = 0, [], None
         # the clock: training seconds (with a budget's probe) and evaluation + checkpoint seconds
         self.clock, self.budget, self._since = {"train_s": 0.0, "eval_s": 0.0}, None, 0.0
+        self._fitted_at = (0, 0.0)  # (step, training seconds) where a budget last fitted its steps
         torch.manual_seed(job.cfg.seed + (0 if group is None else group.rank))  # dropout's stream, per rank
         self.ddp = None
         if group is not None:  # gradients averaged across ranks; BatchNorm syncs its own statistics
@@ -191,6 +200,7 @@ class _Session:
         self.step, self.lossi, self.best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
         self.clock.update(resumed.get("clock", {}))
         self.budget = resumed.get("budget")
+        self._fitted_at = (self.step, self.clock["train_s"])
         _restore_rng(resumed, self.group, self.device)
 
     def fit_budget(self, eval_interval_given: bool, say) -> None:
@@ -200,8 +210,9 @@ class _Session:
                                ddp=self.ddp, average=self.average)
         job.cfg = fitted.cfg
         self.budget = dict(minutes=job.cfg.time_budget, step_s=fitted.step_s, probe_s=fitted.probe_s,
-                           probe_steps=fitted.probe_steps)
+                           probe_steps=fitted.probe_steps, steps=job.cfg.max_steps)
         self.clock["train_s"] = fitted.probe_s
+        self._fitted_at = (0, fitted.probe_s)
         say(f"time budget {job.cfg.time_budget:g} min: {job.cfg.max_steps:,} steps at "
             f"{fitted.step_s * 1e3:.1f} ms "
             f"(measured over {fitted.probe_steps} steps; {fitted.probe_s:.1f} s of the budget), val every "
@@ -239,9 +250,27 @@ class _Session:
             state["rank_rngs"] = rngs
         job.run.save(state if self.best is None else dict(state, best=self.best))
 
-    def on_interval(self, at_step: int) -> None:
+    def refit(self, at_step: int) -> TrainConfig | None:
+        """A budget run: re-aim max_steps at the budget from the step rate since the last fit
+        (train.refit_to_budget); rank 0's measurement for every rank. The new recipe, or None."""
+        job = self.job
+        if self.budget is None or at_step >= job.cfg.max_steps:
+            return None
+        step0, train_s0 = self._fitted_at
+        rate = (self.clock["train_s"] - train_s0) / max(at_step - step0, 1)
+        cfg = distributed.from_main(refit_to_budget(job.cfg, at_step, self.clock["train_s"], rate))
+        self._fitted_at = (at_step, self.clock["train_s"])
+        if cfg == job.cfg:
+            return None
+        self.budget = dict(self.budget, refits=[*self.budget.get("refits", []), [at_step, cfg.max_steps]])
+        job.cfg = cfg
+        return cfg
+
+    def on_interval(self, at_step: int) -> TrainConfig | None:
+        """Val loss, metrics and the checkpoint; a budget run's re-fitted recipe, if it changed."""
         job = self.job
         self.tick()
+        refitted = self.refit(at_step)
         live = None if self.average is None else self.average.apply_to(job.model)  # val: the average's
         val = split_loss(job.model, job.splits[1], job.vocab, self.device, batches=self.val_batches,
                          sharded=True)
@@ -259,7 +288,9 @@ class _Session:
         self.save(at_step)
         self.clock["eval_s"] += self._lap()  # the checkpoint's write, and any wait for it
         if self.main and self.announce:  # no progress bar: one line per interval instead
-            print(f"step {at_step:,}: val loss {val:.4f}")
+            print(f"step {at_step:,}: val loss {val:.4f}"
+                  + ("" if refitted is None else f"; the budget now fits {refitted.max_steps:,} steps"))
+        return refitted
 
 
 def _report(job: _Job, session: _Session, step: int, num_samples: int, say, device: str) -> None:
@@ -317,7 +348,7 @@ def _configs(args, resumed):
     """The model and training configs: from the flags, or from the checkpoint on --resume,
     where a flag that contradicts the checkpoint is an error, not silently ignored."""
     model_given = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
-    train_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+    train_given = {f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)
                    if getattr(args, f.name) is not None}
     if resumed is None:
         if train_given.get("time_budget") and "max_steps" in train_given:

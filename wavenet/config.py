@@ -45,6 +45,12 @@ def _help(text: str, metavar: str | None = None) -> dict:
     return {"help": text, "metavar": metavar}
 
 
+def flag_fields(config) -> list:
+    """The fields of a config class (or instance) that are command-line flags: all but those
+    the package writes itself (metadata flag=False)."""
+    return [f for f in fields(config) if f.metadata.get("flag", True)]
+
+
 # ----------------------------------------------------------------------------- models
 
 @dataclass(frozen=True)
@@ -245,13 +251,18 @@ class TrainConfig:
         "average the weights: after each step, average += (1 - d) (weights - average), d = min(EMA, "
         "(1 + step) / (10 + step)); val, the best weights and the last are the average's (0: off)", "DECAY"))
     time_budget: float = field(default=0.0, metadata=_help(
-        "train for this many minutes instead of max_steps: the run measures its step rate, fixes the "
-        "steps that fit (recorded, so --resume is exact) and lays the schedule over them; evaluation "
-        "is not counted (0: off)", "MINUTES"))
+        "train for this many minutes instead of max_steps: the run measures its step rate, fits the "
+        "steps and the schedule to the clock and re-fits them at each evaluation (recorded, so --resume "
+        "is exact); evaluation is not counted (0: off)", "MINUTES"))
+    # not a flag: written by a time budget when it re-fits the steps (train.refit_to_budget)
+    schedule_knots: tuple = field(default=(), metadata={"flag": False})
 
     def __post_init__(self):
         _at_least(self, "max_steps", 1)
         _at_least(self, "eval_interval", 1)
+        # ((step, progress, end), ...): a checkpoint's record may hold them as lists
+        object.__setattr__(self, "schedule_knots", tuple((int(k), float(p), int(e))
+                                                         for k, p, e in self.schedule_knots))
         if not self.batch_size >= 2:
             raise WavenetError("batch_size must be at least 2 (BatchNorm needs a batch), "
                                f"got {self.batch_size}", param="batch_size")

@@ -32,15 +32,40 @@ def learning_rate_at(cfg: TrainConfig, step: int) -> float:
     cfg.learning_rate. Then the "step" schedule, the lecture's: the full rate until
     int(cfg.decay_at * cfg.max_steps) (the lecture: 75% of the steps), then a tenth of it; or
     "cosine": half a cosine from the full rate down to cfg.final_lr of it (a tenth by default)
-    at the last step."""
+    at the last step. Where a time budget re-fitted the steps (cfg.schedule_knots), the
+    schedule runs on `schedule_progress` instead of the step count."""
     lr = cfg.learning_rate
     if step < cfg.warmup:
         return lr * (step + 1) / cfg.warmup
     if cfg.schedule == "step":
+        if cfg.schedule_knots:
+            return lr if schedule_progress(cfg, step) < cfg.decay_at else lr / 10
         return lr if step < int(cfg.decay_at * cfg.max_steps) else lr / 10
-    progress = (step - cfg.warmup) / max(cfg.max_steps - 1 - cfg.warmup, 1)  # 0 .. 1
+    progress = schedule_progress(cfg, step)  # 0 .. 1
     low = lr / 10 if cfg.final_lr == 0.1 else lr * cfg.final_lr  # lr / 10: the arithmetic runs have used
     return low + (lr - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def schedule_progress(cfg: TrainConfig, step: int) -> float:
+    """How far the schedule is at `step`: 0 where the decay starts (cosine: the end of the
+    warm-up; step: step 0), 1 at its end (cosine: the last step; step: max_steps). Without
+    knots, a straight line over the steps. Each knot (k, p, e) of cfg.schedule_knots, written
+    when a time budget re-fitted max_steps at step k, ends the line that was to reach 1 at e
+    (at progress p there) and starts one from p to 1 at the new end, so the rate goes on
+    from where it was, neither jumping nor restarting."""
+    end = _schedule_end(cfg)
+    first = cfg.warmup if cfg.schedule == "cosine" else 0
+    starts = [(first, 0.0)] + [(k, p) for k, p, _ in cfg.schedule_knots]
+    ends = [e for _, _, e in cfg.schedule_knots] + [end]
+    k0, p0, e0 = *starts[0], ends[0]
+    for (k, p), e in zip(starts[1:], ends[1:]):
+        if step >= k:
+            k0, p0, e0 = k, p, e
+    return p0 + (1 - p0) * ((step - k0) / max(e0 - k0, 1))
+
+
+def _schedule_end(cfg: TrainConfig) -> int:
+    return cfg.max_steps - 1 if cfg.schedule == "cosine" else cfg.max_steps
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -106,13 +131,15 @@ class LoopResult:
 
 
 def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int = 0, lossi: list | None = None,
-               on_interval: Callable[[int], None] | None = None, progress: bool = True,
+               on_interval: Callable[[int], TrainConfig | None] | None = None, progress: bool = True,
                ddp=None, average: WeightAverage | None = None) -> LoopResult:
     """Run steps start_step .. cfg.max_steps - 1. `lossi` collects log10(loss) per step, as
     in the lecture. `on_interval(step)` is called every cfg.eval_interval steps (for val
-    loss and checkpoints). Ctrl-C or SIGTERM finishes the current step and returns
-    interrupted=True, so the caller can save a checkpoint that resumes exactly; a second
-    Ctrl-C aborts (one process only: torchrun forwards the terminal's Ctrl-C to its workers
+    loss and checkpoints); if it returns a TrainConfig (a time budget's re-fitted steps,
+    `refit_to_budget`), the loop follows that from the next step on. Ctrl-C or SIGTERM
+    finishes the current step and returns interrupted=True, so the caller can save a
+    checkpoint that resumes exactly; a second Ctrl-C aborts (one process only: torchrun
+    forwards the terminal's Ctrl-C to its workers
     again, so there every signal means "stop after this step").
 
     cfg.dtype "bf16": the forward pass runs under bfloat16 autocast (the backward pass follows
@@ -184,7 +211,10 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 check_finite(model, step)
                 if on_interval is not None:
-                    on_interval(step)
+                    refitted = on_interval(step)
+                    if refitted is not None:
+                        cfg = refitted
+                        bar.total = cfg.max_steps
                     model.train()
     finally:
         bar.close()
@@ -215,6 +245,7 @@ PROBE_CHUNK = 10       # steps timed at a time
 PROBE_SECONDS = 2.0    # the step rate is measured over at least this long
 PROBE_FRACTION = 0.02  # or this fraction of the budget, if longer
 BUDGET_EVALS = 10      # evaluations in a budgeted run, unless eval_interval is given
+REFIT_SLACK = 0.005    # a re-fit moves max_steps only by more than this fraction of it (or 1)
 
 
 class BudgetTooSmall(WavenetError):
@@ -286,3 +317,23 @@ def fit_to_budget(model, batches, cfg: TrainConfig, *, eval_interval_given: bool
             + (" or a smaller eval_interval" if eval_interval_given else ""),
             param=("time_budget", "eval_interval") if eval_interval_given else "time_budget")
     return Fitted(replace(cfg, max_steps=steps, eval_interval=interval), step_s, probe_s, done)
+
+
+def refit_to_budget(cfg: TrainConfig, step: int, train_s: float, step_s: float) -> TrainConfig:
+    """The recipe re-fitted to the time that is left, at an evaluation: `step` steps done in
+    `train_s` seconds of the budget (the probe's included), steps now taking `step_s` seconds
+    (measured since the last fit). A shared machine's speed drifts by 10-25% within minutes,
+    so one measurement at the start misses the clock; this one re-aims at each evaluation.
+    max_steps becomes the steps that fit the rest of the budget (never fewer than `step`: at
+    `step` the run ends), and a knot at `step` (schedule_progress) continues the schedule from
+    where it stands to its end at the new last step. A change within REFIT_SLACK of the
+    steps (or one step) is left alone. The knots and max_steps are recorded in
+    the checkpoint's recipe, so a resumed run follows the same schedule."""
+    left = cfg.time_budget * 60 - train_s
+    steps = step + max(int(left / step_s), 0) if step_s > 0 else cfg.max_steps
+    if abs(steps - cfg.max_steps) <= max(1, REFIT_SLACK * cfg.max_steps) or step >= cfg.max_steps:
+        return cfg  # near enough: the clock's noise is not worth a knot
+    knots = cfg.schedule_knots
+    if step > (cfg.warmup if cfg.schedule == "cosine" else 0):  # the decay has begun: hold its place
+        knots = (*knots, (step, schedule_progress(cfg, step), _schedule_end(cfg)))
+    return replace(cfg, max_steps=steps, schedule_knots=knots)
