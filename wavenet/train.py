@@ -69,17 +69,20 @@ def _schedule_end(cfg: TrainConfig) -> int:
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """"sgd": the lecture's optimizer, plain SGD (no momentum, no weight decay). "adamw":
-    AdamW, betas (0.9, 0.99), weight decay on the matrices (embedding, kernels, 1x1s), none
-    on biases and norm gains. `foreach` updates every parameter in one call: the same
-    arithmetic as one call per parameter (bit-identical for SGD, checked), with less
-    per-step overhead for the small steps of whole-name training."""
+    """"sgd": the lecture's optimizer, plain SGD (no momentum, no weight decay), `foreach`:
+    every parameter in one call, bit-identical to one call per parameter (checked), with
+    less per-step overhead for the small steps of whole-name training. "adamw": AdamW, betas
+    (0.9, 0.99), weight decay on the matrices (embedding, kernels, 1x1s), none on biases and
+    norm gains, `fused`: the whole update in one kernel, 3.3x faster than `foreach` on this
+    CPU for the WaveNet's million parameters (2.8 against 9.2 ms, one thread), the same
+    arithmetic up to rounding (2e-16 apart after 20 float64 steps). A checkpoint written
+    with `foreach` resumes with it: the optimizer's saved settings win."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, foreach=True)
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
 
 
 class WeightAverage:
