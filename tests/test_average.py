@@ -92,8 +92,9 @@ def test_resume_with_an_average_is_bit_identical(tmp_path, tiny_file, cli, copy_
 
 
 def test_no_average_leaves_a_run_as_it_was(tmp_path, tiny_file, cli):
-    """ema 0 (the default) keeps nothing beside the weights; a bad decay is one line."""
-    code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "run", *TINY)
+    """ema 0 (every kind's default but the WaveNet's) keeps nothing beside the weights; a bad
+    decay is one line."""
+    code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "run", *TINY, "--ema", "0")
     assert code == 0, err
     assert "ema" not in load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     for bad in (1.0, -0.1, float("nan")):

@@ -30,8 +30,10 @@ def test_forward_flops_of_every_kind_from_layer_shapes():
     from wavenet.models import build_model
     flops = {k: forward_flops(build_model(model_config(k), 27))
              for k in ("wavenet", "lstm", "gru", "transformer")}
-    C, S = 128, 256  # 8 blocks of conv 2C -> 2C and 1x1 C -> C + S (the last: C -> S), then S -> S -> 27
-    assert flops["wavenet"] == 2 * (8 * 2 * C * 2 * C + 7 * C * (C + S) + C * S + S * S + S * 27)
+    C, S = 128, 256  # 9 blocks of conv 2C -> 2C and 1x1 C -> C + S (the last: C -> S), then S -> 27
+    assert flops["wavenet"] == 2 * (9 * 2 * C * 2 * C + 8 * C * (C + S) + C * S + S * 27)
+    paper = forward_flops(build_model(model_config("wavenet", head_layers=2), 27))  # and S -> S before it
+    assert paper == flops["wavenet"] + 2 * S * S
     H = 256  # two layers, 4 (LSTM) or 3 (GRU) gates over [input 256 | state 256], then 256 -> 27
     assert flops["lstm"] == 2 * (2 * 4 * H * (H + H) + H * 27)
     assert flops["gru"] == 2 * (2 * 3 * H * (H + H) + H * 27)

@@ -18,9 +18,10 @@ from wavenet.train import learning_rate_at, make_optimizer
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
-SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2),
-          dict(n_layers=2, n_cycles=2, head_layers=1), dict(n_layers=4, n_cycles=1, norm="layer"),
-          dict(n_layers=2, n_cycles=3, norm="rms")]
+SHAPES = [dict(n_layers=2, n_cycles=1, head_layers=2), dict(n_layers=3, n_cycles=2, head_layers=2),
+          dict(n_layers=2, n_cycles=2, head_layers=1),
+          dict(n_layers=4, n_cycles=1, norm="layer", head_layers=2),
+          dict(n_layers=2, n_cycles=3, norm="rms", head_layers=1)]
 
 
 def make(dtype=torch.float64, seed=0, dropout=0.0, **shape):
@@ -42,11 +43,15 @@ def test_parameter_count_from_the_config(shape):
 
 
 def test_default_shape_and_first_loss():
-    """Two cycles of dilations 1, 2, 4, 8: receptive field 31, 982,299 parameters on names
-    (vocabulary 27); the first loss is close to ln(27), the loss of a uniform guess."""
+    """Three cycles of dilations 1, 2, 4: receptive field 22, a one-layer head, 1,031,835
+    parameters on names (vocabulary 27); the first loss is close to ln(27), the loss of a
+    uniform guess."""
     m = WaveNet(27, generator=torch.Generator().manual_seed(42))
-    assert m.dilations == [1, 2, 4, 8, 1, 2, 4, 8] and m.block_size == 31
-    assert sum(p.numel() for p in m.parameters()) == 982_299
+    assert m.dilations == [1, 2, 4] * 3 and m.block_size == 22 and m.hidden is None
+    # 27 x 128 embedding; 9 blocks of a (256, 256) kernel + 256 and a 1x1 into [128 residual | 256 skip]
+    # (the last block: skip only); the head 256 -> 27
+    blocks = 9 * (256 * 256 + 256) + 8 * (128 * 384 + 384) + (128 * 256 + 256)
+    assert sum(p.numel() for p in m.parameters()) == 27 * 128 + blocks + 256 * 27 + 27 == 1_031_835
     X, Y = pad_names(WORDS, VOCAB, m.block_size)
     _, loss = m.train()(X, Y)
     assert abs(loss.item() - math.log(27)) < 0.05
@@ -135,8 +140,8 @@ def test_the_packed_path_is_the_padded_function(shape, dtype, tol, training):
                                rtol=0, atol=tol)
 
 
-FUSED_SHAPES = [dict(n_layers=2, n_cycles=1), dict(n_layers=3, n_cycles=2), dict(n_layers=1, n_cycles=1),
-                dict(n_layers=2, n_cycles=2, head_layers=1)]
+FUSED_SHAPES = [dict(n_layers=2, n_cycles=1, head_layers=2), dict(n_layers=3, n_cycles=2, head_layers=2),
+                dict(n_layers=1, n_cycles=1, head_layers=2), dict(n_layers=2, n_cycles=2, head_layers=1)]
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
@@ -308,15 +313,16 @@ TINY = ["--model", "wavenet", "--n-residual", "6", "--n-skip", "5", "--n-layers"
         "-n", "0"]
 
 
-def test_a_one_layer_head_trains_samples_and_evaluates(tmp_path, tiny_file, cli):
-    """--head-layers 1: the checkpoint records it, holds no hidden layer, and sample and eval
-    rebuild the same model from it."""
-    run = tmp_path / "lean"
-    code, _, err = cli("train", "-o", run, "-i", tiny_file, *TINY, "--head-layers", "1")
+@pytest.mark.parametrize("head_layers", [1, 2])
+def test_either_head_trains_samples_and_evaluates(head_layers, tmp_path, tiny_file, cli):
+    """--head-layers 1 (the default) or 2 (the paper's): the checkpoint records it, holds a
+    hidden layer only with 2, and sample and eval rebuild the same model from it."""
+    run = tmp_path / "run"
+    code, _, err = cli("train", "-o", run, "-i", tiny_file, *TINY, "--head-layers", head_layers)
     assert code == 0, err
     ckpt = load_checkpoint(run / "checkpoint.pt")
-    assert ckpt["model_config"]["head_layers"] == 1
-    assert not any(name.startswith("hidden.") for name in ckpt["model"])
+    assert ckpt["model_config"]["head_layers"] == head_layers
+    assert any(name.startswith("hidden.") for name in ckpt["model"]) == (head_layers == 2)
     model, vocab = ckpt_io.model_from_checkpoint(ckpt)
     assert sum(p.numel() for p in model.parameters()) == parameter_count(model.config, len(vocab))
     for command in ("sample", "eval"):
@@ -426,7 +432,7 @@ def test_the_paper_block_written_with_conv1d(shape):
             x = x[:, :, block.dilation:] + o[:, :block.residual]
         skip = skip + o[:, block.residual:, -P:]  # (B, S, P)
     hidden = torch.relu(skip)
-    if shape.get("head_layers", 2) == 2:
+    if shape["head_layers"] == 2:
         hidden = torch.relu(torch.conv1d(hidden, m.hidden.weight[:, :, None], m.hidden.bias))
     else:
         assert m.hidden is None

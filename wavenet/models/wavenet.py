@@ -8,8 +8,8 @@ Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full
         h = W * [u(t - d), u(t)] + b                kernel-2 dilated causal conv -> 2R
         z = drop(tanh(h_filter) * sigmoid(h_gate))  the gated activation -> R
         x = x + W_res z,   skip += W_skip z         1x1 convolutions (the last block: skip only)
-    logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions (head_layers 2)
-          or W_2 drop(relu(skip)) + b_2                   one (head_layers 1)
+    logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions (head_layers 2, the paper's)
+          or W_2 drop(relu(skip)) + b_2                   one (head_layers 1, the default)
 
 Nothing mixes positions except the causal convolutions, and nothing mixes names at all: no
 BatchNorm, so a training-mode forward is as causal as an eval-mode one. Dropout acts on each
