@@ -53,15 +53,17 @@ def schedule_progress(cfg: TrainConfig, step: int) -> float:
     when a time budget re-fitted max_steps at step k, ends the line that was to reach 1 at e
     (at progress p there) and starts one from p to 1 at the new end, so the rate goes on
     from where it was, neither jumping nor restarting."""
-    end = _schedule_end(cfg)
-    first = cfg.warmup if cfg.schedule == "cosine" else 0
-    starts = [(first, 0.0)] + [(k, p) for k, p, _ in cfg.schedule_knots]
-    ends = [e for _, _, e in cfg.schedule_knots] + [end]
-    k0, p0, e0 = *starts[0], ends[0]
-    for (k, p), e in zip(starts[1:], ends[1:]):
-        if step >= k:
-            k0, p0, e0 = k, p, e
+    k0, p0, e0 = _schedule_start(cfg), 0.0, _schedule_end(cfg)
+    for k, p, e in cfg.schedule_knots:  # in step order
+        if step < k:
+            e0 = e  # the line that ends at this knot was aimed at e
+            break
+        k0, p0 = k, p
     return p0 + (1 - p0) * ((step - k0) / max(e0 - k0, 1))
+
+
+def _schedule_start(cfg: TrainConfig) -> int:
+    return cfg.warmup if cfg.schedule == "cosine" else 0
 
 
 def _schedule_end(cfg: TrainConfig) -> int:
@@ -142,8 +144,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     `refit_to_budget`), the loop follows that from the next step on. Ctrl-C or SIGTERM
     finishes the current step and returns interrupted=True, so the caller can save a
     checkpoint that resumes exactly; a second Ctrl-C aborts (one process only: torchrun
-    forwards the terminal's Ctrl-C to its workers
-    again, so there every signal means "stop after this step").
+    forwards the terminal's Ctrl-C to its workers again, so there every signal means "stop
+    after this step").
 
     cfg.dtype "bf16": the forward pass runs under bfloat16 autocast (the backward pass follows
     it); parameters, gradients and the optimizer stay float32.
@@ -330,13 +332,13 @@ def refit_to_budget(cfg: TrainConfig, step: int, train_s: float, step_s: float) 
     max_steps becomes the steps that fit the rest of the budget (never fewer than `step`: at
     `step` the run ends), and a knot at `step` (schedule_progress) continues the schedule from
     where it stands to its end at the new last step. A change within REFIT_SLACK of the
-    steps (or one step) is left alone. The knots and max_steps are recorded in
-    the checkpoint's recipe, so a resumed run follows the same schedule."""
+    steps (or one step) is left alone. The knots and max_steps are recorded in the
+    checkpoint's recipe, so a resumed run follows the same schedule."""
     left = cfg.time_budget * 60 - train_s
     steps = step + max(int(left / step_s), 0) if step_s > 0 else cfg.max_steps
     if abs(steps - cfg.max_steps) <= max(1, REFIT_SLACK * cfg.max_steps) or step >= cfg.max_steps:
         return cfg  # near enough: the clock's noise is not worth a knot
     knots = cfg.schedule_knots
-    if step > (cfg.warmup if cfg.schedule == "cosine" else 0):  # the decay has begun: hold its place
+    if step > _schedule_start(cfg):  # the decay has begun: hold its place
         knots = (*knots, (step, schedule_progress(cfg, step), _schedule_end(cfg)))
     return replace(cfg, max_steps=steps, schedule_knots=knots)
