@@ -146,6 +146,9 @@ def _prepare(args, device: str, group) -> _Job:
     run = RunDir(args.work_dir)
     resumed = run.start(resume=args.resume)
     model_cfg, cfg = _configs(args, resumed)
+    if cfg.final_dropout is not None and not hasattr(model_cfg, "dropout"):
+        raise WavenetError(f"final_dropout does not apply to a '{model_cfg.kind}' model (it has no dropout)",
+                           param="final_dropout")
     recorded = resumed["data"]["path"] if resumed is not None else None
     input_file = Path(args.input_file or recorded or default_input())
     words = load_words(input_file, args.max_length)

@@ -254,6 +254,9 @@ class TrainConfig:
         "train for this many minutes instead of max_steps: the run measures its step rate, fits the "
         "steps and the schedule to the clock and re-fits them at each evaluation (recorded, so --resume "
         "is exact); evaluation is not counted (0: off)", "MINUTES"))
+    final_dropout: float | None = field(default=None, metadata=dict(_help(
+        "ramp the model's dropout linearly from its --dropout where the learning rate starts to decay "
+        "to this at the last step (follows a time budget's re-fits; none: fixed)", "P"), parse=float))
     # not a flag: written by a time budget when it re-fits the steps (train.refit_to_budget)
     schedule_knots: tuple = field(default=(), metadata={"flag": False})
 
@@ -277,6 +280,8 @@ class TrainConfig:
                                param="final_lr")
         if not 0 <= self.ema < 1:
             raise WavenetError(f"ema must be at least 0 and below 1, got {self.ema}", param="ema")
+        if self.final_dropout is not None:
+            _check_dropout(self, "final_dropout")
         _at_least(self, "group_by_length", 0)
         _at_least(self, "warmup", 0)
         _at_least(self, "grad_clip", 0)

@@ -62,6 +62,16 @@ def schedule_progress(cfg: TrainConfig, step: int) -> float:
     return p0 + (1 - p0) * ((step - k0) / max(e0 - k0, 1))
 
 
+def dropout_at(cfg: TrainConfig, step: int, start: float) -> float:
+    """The dropout of step `step` under cfg.final_dropout: `start` (the model's dropout) up
+    to where the learning rate starts to decay (the warm-up's end, for cosine), then a
+    straight line on `schedule_progress` to cfg.final_dropout at the last step, so it
+    follows a time budget's re-fits as the rate does. Without final_dropout: `start`."""
+    if cfg.final_dropout is None:
+        return start
+    return start + (cfg.final_dropout - start) * min(max(schedule_progress(cfg, step), 0.0), 1.0)
+
+
 def _schedule_start(cfg: TrainConfig) -> int:
     return cfg.warmup if cfg.schedule == "cosine" else 0
 
@@ -156,6 +166,9 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     (it runs during the backward pass; a non-finite loss still stops before the update).
 
     `average` (a `WeightAverage`) is updated after every optimizer step.
+
+    cfg.final_dropout: each step sets the p of the model's `dropouts()` to `dropout_at`;
+    they are back at the model's own dropout when the loop returns.
     """
     lossi = [] if lossi is None else lossi
     group = distributed.active()
@@ -181,9 +194,13 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     def stopping() -> bool:  # one process decides alone; a group by the step's all-reduce
         return stop["asked"] if group is None else bool(agreed)
 
+    ramped = model.dropouts() if cfg.final_dropout is not None else []
+    start_p = model.config.dropout if ramped else None
     model.train()
     try:
         while step < cfg.max_steps and not stopping():
+            for m in ramped:
+                m.p = dropout_at(cfg, step, start_p)
             X, Y = batches.next()
             with autocast():
                 _, loss = forward(X, Y)
@@ -222,6 +239,8 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
                         bar.total = cfg.max_steps
                     model.train()
     finally:
+        for m in ramped:
+            m.p = start_p
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

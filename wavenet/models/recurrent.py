@@ -50,6 +50,10 @@ class RNN(nn.Module):
         self.head = nn.Linear(n_hidden, vocab_size)
         _init_(self, generator)
 
+    def dropouts(self) -> list[Dropout]:
+        """The dropouts that config.dropout sets (a recipe's `final_dropout` ramps them)."""
+        return [self.drop]
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: list | None = None):
         """idx (B, T) ids, a `pad_names` row or any prefix of one; targets (B, T), -1 ignored
         -> (logits (B, T, V), mean loss over real targets, or None)."""

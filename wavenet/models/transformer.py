@@ -31,7 +31,7 @@ from .wavenet import Dropout
 class Block(nn.Module):
     def __init__(self, channels: int, n_head: int, dropout: float):
         super().__init__()
-        self.n_head, self.p = n_head, dropout
+        self.n_head = n_head
         self.ln_1 = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -48,7 +48,7 @@ class Block(nn.Module):
                    for t in self.qkv(self.ln_1(x)).split(C, -1))  # each (B, H, T, D)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.p if self.training else 0.0)
+                                               dropout_p=self.drop.p if self.training else 0.0)
         else:  # the new position attends to every cached one and to itself: nothing to mask
             k, v = cache.extend(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v)
@@ -79,6 +79,11 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size)
         _init_(self, generator)
+
+    def dropouts(self) -> list[Dropout]:
+        """The dropouts that config.dropout sets, attention's included (a recipe's
+        `final_dropout` ramps them)."""
+        return [self.drop, *(block.drop for block in self.blocks)]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx (B, T) ids, a `pad_names` row or any prefix of one; targets (B, T), -1 ignored

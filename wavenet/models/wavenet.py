@@ -127,6 +127,11 @@ class WaveNet(nn.Module):
         self.head = nn.Linear(n_skip, vocab_size)
         _init_(self, generator)
 
+    def dropouts(self) -> list[Dropout]:
+        """The dropouts that config.dropout sets (every block's and the head's; not the
+        embeddings'): a recipe's `final_dropout` ramps their p (train.dropout_at)."""
+        return [*(block.drop for block in self.blocks), self.drop]
+
     @property
     def receptive_field(self) -> int:
         return 1 + sum(block.dilation for block in self.blocks)

@@ -134,7 +134,8 @@ def fused_forward(model, batch):
     params = []
     for block in model.blocks:
         params += [block.conv.weight, block.conv.bias, block.proj.weight, block.proj.bias]
-    shape = (model.config.dropout, model.config.embd_dropout, model.config.n_residual)
+    # the blocks' and the head's p as they stand (a ramp moves them; WaveNet.dropouts)
+    shape = (model.drop.p, model.embd_drop.p, model.config.n_residual)
     hidden = (None, None) if model.hidden is None else (model.hidden.weight, model.hidden.bias)
     with torch.autocast(model.wte.weight.device.type, enabled=False):  # the arithmetic as written
         loss, logits = FusedWaveNet.apply(batch, shape, model.wte.weight, *hidden, model.head.weight,
