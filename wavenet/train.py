@@ -199,8 +199,10 @@ def train_loop(model, optimizer, batches, cfg: TrainConfig, *, start_step: int =
     model.train()
     try:
         while step < cfg.max_steps and not stopping():
-            for m in ramped:
-                m.p = dropout_at(cfg, step, start_p)
+            if ramped:
+                p = dropout_at(cfg, step, start_p)
+                for m in ramped:
+                    m.p = p
             X, Y = batches.next()
             with autocast():
                 _, loss = forward(X, Y)
