@@ -1,6 +1,6 @@
 """`--final-dropout`: the model's dropout ramped linearly over the schedule, set on every
-step by the loop, the same on the hand-written and the autograd step, resumed exactly,
-and refused where a model has no dropout."""
+step by the loop, the same on the hand-written and the autograd step, resumed exactly
+(test_wavenet.py's resume test), and refused where a model has no dropout."""
 
 from dataclasses import replace
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from wavenet.batches import make_batches
-from wavenet.checkpoint import load_checkpoint
 from wavenet.config import RECIPES, TrainConfig, model_config
 from wavenet.data import Vocab
 from wavenet.models import WaveNet, build_model
@@ -16,9 +15,6 @@ from wavenet.train import dropout_at, make_optimizer, refit_to_budget, schedule_
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x"]
 VOCAB = Vocab.from_words(WORDS)
-TINY = ["--model", "wavenet", "--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "--n-cycles", "2",
-        "--max-steps", "40", "--eval-interval", "10", "--batch-size", "8", "--warmup", "5", "--no-progress",
-        "-n", "0"]
 
 
 def test_the_ramp_runs_from_the_start_of_the_decay_to_the_last_step():
@@ -92,29 +88,16 @@ def test_the_hand_written_step_ramps_as_autograd_does():
     assert abs(losses[True, 0.6][-1] - losses[True, None][-1]) > 1e-3
 
 
-def test_a_ramped_run_resumes_bit_identically(tmp_path, tiny_file, cli, copy_checkpoint_at, scores_of):
-    """40 steps with dropout ramped from 0.1 to 0.5 straight == 20, then --resume for 20: the
-    ramp is a function of the step and the recorded recipe, nothing else."""
-    resumed = tmp_path / "resumed"
-    with copy_checkpoint_at(20, resumed):
-        code, _, err = cli("train", "-o", tmp_path / "straight", "-i", tiny_file, *TINY,
-                           "--dropout", "0.1", "--final-dropout", "0.5")
-    assert code == 0, err
-    code, out, err = cli("train", "-o", resumed, "--resume")
-    assert code == 0 and "resuming" in out, err
-    a, b = (load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "straight", resumed))
-    assert a["step"] == b["step"] == 40 and a["train_config"]["final_dropout"] == 0.5
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
-    assert torch.equal(a["lossi"], b["lossi"]) and torch.equal(a["rng"], b["rng"])
-    assert scores_of(tmp_path / "straight") == scores_of(resumed)
-    code, _, err = cli("train", "-o", resumed, "--resume", "--final-dropout", "0.4")
-    assert code == 2 and "--final-dropout 0.4 contradicts the checkpoint (0.5)" in err
-
-
 def test_final_dropout_mistakes_are_one_line(tmp_path, tiny_file, cli, tiny_flags, one_line_error):
+    """A kind without dropout, a P out of range, and on --resume a P the checkpoint does not
+    hold (a ramped run's resume: test_wavenet.py)."""
     code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "a", *tiny_flags, "--final-dropout", "0.3")
     one_line_error(code, err, "--final-dropout does not apply to a 'conv' model (it has no dropout)")
-    code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "b", *TINY, "--final-dropout", "1")
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    lstm = [*tiny_flags, "--model", "lstm", "--max-steps", "10"]
+    code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "b", *lstm, "--final-dropout", "1")
     one_line_error(code, err, "--final-dropout must be at least 0 and below 1, got 1.0")
-    assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "checkpoint.pt").exists()
+    code, _, err = cli("train", "-i", tiny_file, "-o", tmp_path / "c", *lstm, "--final-dropout", "0.5")
+    assert code == 0, err
+    code, _, err = cli("train", "-o", tmp_path / "c", "--resume", "--final-dropout", "0.4")
+    one_line_error(code, err, "--final-dropout 0.4 contradicts the checkpoint (0.5)")

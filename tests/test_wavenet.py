@@ -330,14 +330,17 @@ def test_either_head_trains_samples_and_evaluates(head_layers, tmp_path, tiny_fi
         assert code == 0 and out, err
 
 
-def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(tmp_path, tiny_file, cli,
+@pytest.mark.parametrize("dropout", [["--dropout", "0.2"], ["--dropout", "0.1", "--final-dropout", "0.5"]],
+                         ids=["fixed", "ramped"])
+def test_resume_is_bit_identical_with_dropout_adamw_and_clipping(dropout, tmp_path, tiny_file, cli,
                                                                   copy_checkpoint_at, scores_of):
     """40 steps straight == 20, then --resume for 20, with dropout 0.2 (the random stream is
-    in the checkpoint), AdamW, warm-up, cosine decay and gradient clipping that bites."""
+    in the checkpoint) or ramped from 0.1 to 0.5 (a function of the step and the recorded
+    recipe), AdamW, warm-up, cosine decay and gradient clipping that bites."""
     resumed = tmp_path / "resumed"
     with copy_checkpoint_at(20, resumed):
-        code, _, err = cli("train", "-o", tmp_path / "straight", "-i", tiny_file, *TINY,
-                           "--dropout", "0.2", "--grad-clip", "0.5")
+        code, _, err = cli("train", "-o", tmp_path / "straight", "-i", tiny_file, *TINY, *dropout,
+                           "--grad-clip", "0.5")
     assert code == 0, err
     code, out, err = cli("train", "-o", resumed, "--resume")
     assert code == 0 and "resuming" in out, err
