@@ -210,11 +210,21 @@ def eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_P
     peers (lstm, gru, transformer), names of one length together (the padding is then
     none; the batches follow the words' order within each length). A name longer than the
     budget on its own gets a batch of its own."""
+    for X, Y, _ in indexed_eval_batches(model, words, vocab, max_positions):
+        yield X, Y
+
+
+def indexed_eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_POSITIONS
+                         ) -> Iterator[tuple]:
+    """`eval_batches` as (X, Y, word): `word` (n,) is the index into `words` of each of the
+    batch's n targets, in the order `evaluate.batch_nll` returns their losses (per-word
+    scores add them up, score.py)."""
     budget = eval_positions(len(vocab), max_positions)
     if model.kind == "mlp":
         X, Y = build_windows(words, vocab, model.block_size)
+        word = torch.repeat_interleave(torch.arange(len(words)), vocab.encode_all(words)[1] + 1)
         for i in range(0, len(X), budget):
-            yield X[i:i + budget], Y[i:i + budget]
+            yield X[i:i + budget], Y[i:i + budget], word[i:i + budget]
         return
     if model.kind in PEERS:  # padded rows, by length
         order = sorted(range(len(words)), key=lambda i: len(words[i]))
@@ -222,8 +232,9 @@ def eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_P
         while first < len(order):
             width = len(words[order[first]]) + 1  # targets of each name of this batch
             last = first + max(1, budget // width)
-            chosen = [words[i] for i in order[first:last] if len(words[i]) + 1 == width]
-            yield pad_names(chosen, vocab, model.block_size)
+            chosen = [i for i in order[first:last] if len(words[i]) + 1 == width]
+            X, Y = pad_names([words[i] for i in chosen], vocab, model.block_size)
+            yield X, Y, torch.tensor(chosen, dtype=torch.long).repeat_interleave(width)
             first += len(chosen)
         return
     chars, lengths = vocab.encode_all(words)
@@ -235,8 +246,9 @@ def eval_batches(model, words: Sequence[str], vocab, max_positions: int = EVAL_P
         while last < len(words) and ends[last] - done <= budget:
             last += 1
         a, b = starts[first], starts[last - 1] + int(lengths[last - 1])
+        word = torch.arange(first, last).repeat_interleave(lengths[first:last] + 1)  # pad_names order
         yield pack(chars[a:b], lengths[first:last], model.block_size, len(vocab),
-                   dilations=model.dilations), None
+                   dilations=model.dilations), None, word
         first, done = last, ends[last - 1]
 
 

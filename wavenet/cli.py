@@ -1,4 +1,4 @@
-"""The command line: `wavenet train | sample | eval | convert | bench`.
+"""The command line: `wavenet train | sample | eval | score | convert | bench`.
 
 The model and training flags are made from the config dataclasses (config.py): one flag
 per field, its help text from the field, its default shown per model kind. Every user
@@ -95,7 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "val and test names not in train")
     common(e)
     e.add_argument("-i", "--input-file", default=None, help=data_help)
-    for sp in (s, e):
+
+    sc = sub.add_parser("score", help="log-likelihood, nats per character and perplexity of each line of "
+                        "a file, under the model in --work-dir")
+    common(sc)
+    sc.add_argument("file", nargs="?", default="-", metavar="FILE",
+                    help="one item per line; - or none: the standard input [-]")
+    sc.add_argument("--format", choices=["tsv", "json"], default="tsv",
+                    help="tsv: a header, then one tab-separated row per line; json: one JSON object per "
+                    "line [tsv]")
+    sc.add_argument("--sort", action="store_true", help="rank: the likeliest per character first, lines "
+                    "that could not be scored last (holds every row until the end)")
+    sc.add_argument("--max-length", type=int, default=1000,
+                    help="longest line scored, in characters; longer ones get an error row [1000]")
+    for sp in (s, e, sc):
         sp.add_argument("--weights", choices=["best", "last"], default="best", help="the run's weights "
                         "with the best val loss, or the last (where training stopped) [best]")
 

@@ -4,6 +4,8 @@ its function; each takes the parsed flags and returns an exit code (errors.py)."
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from .config import (
 )
 from .data import Vocab, load_words, split_words
 from .distributed import GroupError
-from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, DataError, WavenetError
 from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
@@ -425,6 +427,50 @@ def evaluate(args) -> int:
     return EXIT_OK
 
 
+def score(args) -> int:
+    """One row per line of the input: its log-likelihood, nats per character and perplexity
+    (score.py); lines the model cannot score get a message in the error column, and a note
+    on stderr counts them."""
+    from . import scoring
+    if args.max_length < 1:
+        raise WavenetError(f"max_length must be at least 1, got {args.max_length}", param="max_length")
+    source = None
+    if args.file != "-":
+        path = Path(args.file)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not a text file")
+        try:
+            source = open(path, "rb")
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        device = resolve_device(args.device)
+        model, vocab, _ = RunDir(args.work_dir).load_model(device, args.weights)
+        lines = scoring.read_lines(source or sys.stdin.buffer, args.max_length)
+        if args.format == "tsv":
+            print("\t".join(scoring.COLUMNS))
+        kept, failed = [], 0
+        while chunk := list(itertools.islice(lines, scoring.CHUNK)):
+            rows = scoring.score_lines(model, vocab, chunk, device)
+            failed += sum(s.error is not None for _, s in rows)
+            if args.sort:
+                kept += rows
+            else:
+                print("\n".join(scoring.format_row(n, s, args.format) for n, s in rows))
+        for n, s in sorted(kept, key=scoring.rank_key):
+            print(scoring.format_row(n, s, args.format))
+    finally:
+        if source is not None:
+            source.close()
+    if failed:
+        sys.stdout.flush()
+        print(f"wavenet: note: {failed:,} line{'s' * (failed != 1)} could not be scored (see the error "
+              "column)", file=sys.stderr)
+    return EXIT_OK
+
+
 def convert(args) -> int:
     """MLP checkpoint -> conv checkpoint with the same function (ConvWaveNet.from_mlp), from
     the MLP's best weights (its last, in a checkpoint that keeps no best)."""
@@ -493,4 +539,5 @@ def bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "convert": convert, "bench": bench}
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "score": score, "convert": convert,
+            "bench": bench}

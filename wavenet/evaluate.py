@@ -20,13 +20,33 @@ TRAIN_SAMPLE = 50_000  # names: above this, the reported train loss is over a se
 LSE_CHUNK = 1 << 16     # logits converted to float64 at a time, for the log-sum-exp
 
 
-def nll_sum(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over i of -log softmax(logits[rows[i]])[targets[i]], in float64: logits (R, V) of
-    any float dtype. The log-sum-exp of each row is taken in float64 a chunk of rows at a
+def nll(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits[rows[i]])[targets[i]] for each i, in float64 (n,): logits (R, V)
+    of any float dtype. The log-sum-exp of each row is taken in float64 a chunk of rows at a
     time, so no float64 copy of all the logits is ever made."""
     chunk = max(1, LSE_CHUNK // logits.shape[-1])
     lse = torch.cat([torch.logsumexp(part.double(), -1) for part in logits.split(chunk)])  # (R,)
-    return (lse[rows] - logits[rows, targets].double()).sum()
+    return lse[rows] - logits[rows, targets].double()
+
+
+def nll_sum(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The sum of `nll`, in float64."""
+    return nll(logits, rows, targets).sum()
+
+
+def batch_nll(model, X, Y, device) -> torch.Tensor:
+    """The loss (float64) of each real target of one `eval_batches` batch, in the batch's
+    target order (`batches.indexed_eval_batches` names the word of each). Eval mode and
+    no_grad are the caller's."""
+    logits, _ = model(X.to(device))
+    if isinstance(X, PackedNames):  # (R, V) per packed row; targets flat row * V + id
+        V = logits.shape[-1]
+        targets = X.targets.to(device)
+        return nll(logits, targets // V, targets % V)
+    # the MLP's windows: (B, V) and Y (B,); the peers' rows: (B, T, V) and Y (B, T)
+    logits, Y = logits.reshape(-1, logits.shape[-1]), Y.to(device).reshape(-1)
+    real = Y != -1
+    return nll(logits, torch.nonzero(real)[:, 0], Y[real])
 
 
 @torch.no_grad()
@@ -48,17 +68,9 @@ def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=
     count = torch.zeros((), dtype=torch.float64, device=device)
     try:
         for X, Y in batches:
-            logits, _ = model(X.to(device))
-            if isinstance(X, PackedNames):  # (R, V) per packed row; targets flat row * V + id
-                V = logits.shape[-1]
-                targets = X.targets.to(device)
-                total += nll_sum(logits, targets // V, targets % V)
-                count += len(targets)
-            else:  # the MLP's windows: (B, V) and Y (B,); the peers' rows: (B, T, V) and Y (B, T)
-                logits, Y = logits.reshape(-1, logits.shape[-1]), Y.to(device).reshape(-1)
-                real = Y != -1
-                total += nll_sum(logits, torch.nonzero(real)[:, 0], Y[real])
-                count += real.sum()
+            losses = batch_nll(model, X, Y, device)
+            total += losses.sum()
+            count += len(losses)
     finally:
         model.train(was_training)
     if group is not None:

@@ -1,0 +1,157 @@
+"""How plausible is each string: per-item log-likelihood under a trained model.
+
+`score(model, vocab, words)` gives each word its total log-likelihood in nats over its
+targets (its characters, then the end), nats per character and perplexity, the way a
+language-model toolkit's per-sentence query does. The words go through the batches
+evaluation uses (`batches.indexed_eval_batches`: bounded in positions and logits), so the
+per-word losses are the split loss's, taken apart: summed over a split they give
+`split_loss` times its target count. A word the model cannot score (a character outside its
+vocabulary, an empty line, a line longer than a transformer reads) gets a message in
+`error` instead of numbers. `wavenet score` (commands.py) reads a file or the standard input
+in chunks and prints one row per line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .batches import EVAL_POSITIONS, indexed_eval_batches
+from .data import Vocab
+from .evaluate import batch_nll
+
+
+@dataclass(frozen=True)
+class WordScore:
+    """One word's score. `log_likelihood`: the sum over its targets (len(word) + 1: each
+    character, then the end) of log p(target | what precedes it), in nats, <= 0; None,
+    with `error` saying why, for a word the model cannot score."""
+
+    word: str
+    log_likelihood: float | None
+    targets: int
+    error: str | None = None
+
+    @property
+    def nats_per_char(self) -> float | None:
+        """Mean loss per target (the cross-entropy `split_loss` reports, for one word)."""
+        return None if self.log_likelihood is None else -self.log_likelihood / self.targets
+
+    @property
+    def perplexity(self) -> float | None:
+        return None if self.log_likelihood is None else math.exp(self.nats_per_char)
+
+    def as_dict(self) -> dict:
+        return dict(word=self.word, log_likelihood=self.log_likelihood, targets=self.targets,
+                    nats_per_char=self.nats_per_char, perplexity=self.perplexity, error=self.error)
+
+
+def unscorable(model, vocab: Vocab, word: str) -> str | None:
+    """Why `model` cannot score `word`, or None when it can."""
+    if not word:
+        return "empty: nothing to score"
+    unknown = sorted(set(word) - vocab.stoi.keys())
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        return f"not in the model's vocabulary: {shown}"
+    if model.kind == "transformer" and len(word) + 1 > model.config.n_positions:
+        return (f"{len(word):,} characters, more than the {model.config.n_positions - 1:,} this "
+                "transformer reads")
+    return None
+
+
+@torch.no_grad()
+def score(model, vocab: Vocab, words: Sequence[str], device=None,
+          max_positions: int = EVAL_POSITIONS) -> list[WordScore]:
+    """Each word's `WordScore`, in order, in eval mode (the model's mode is restored).
+    `device`: where the model is (default: where its weights are). Every model kind."""
+    if device is None:
+        device = next(model.parameters()).device
+    errors = [unscorable(model, vocab, w) for w in words]
+    good = [i for i, e in enumerate(errors) if e is None]
+    totals = torch.zeros(len(good), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for X, Y, word in indexed_eval_batches(model, [words[i] for i in good], vocab, max_positions):
+            totals.index_add_(0, word, batch_nll(model, X, Y, device).cpu())
+    finally:
+        model.train(was_training)
+    out, scored = [], iter(totals.tolist())
+    for w, e in zip(words, errors):
+        ll = None if e is not None else -next(scored)
+        out.append(WordScore(w, ll, len(w) + 1, e))
+    return out
+
+
+
+# ----------------------------------------------------------------------------- `wavenet score`
+
+CHUNK = 4_096  # lines scored at a time: memory stays bounded by this, whatever the input's size
+COLUMNS = ("line", "log_likelihood", "targets", "nats_per_char", "perplexity", "error", "text")
+
+
+def read_lines(f, max_length: int):
+    """(line number, text or None, error or None) for each line of the binary file `f`: the
+    text stripped of surrounding whitespace, as training reads it; a line that is not UTF-8,
+    holds a NUL byte or runs past `max_length` characters gets an error instead (reading it
+    takes at most ~4 * max_length bytes of memory). A blank line is an empty text."""
+    limit = 4 * max_length + 2  # a character is at most 4 bytes in UTF-8; +2: '\r\n'
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # the rest of this line, a bounded piece at a time
+                raw = f.readline(limit + 1)
+            yield lineno, None, f"longer than max_length {max_length:,} characters"
+            continue
+        if b"\0" in raw:
+            yield lineno, None, "contains a NUL byte"
+            continue
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            yield lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})"
+            continue
+        if len(text) > max_length:
+            yield lineno, None, f"longer than max_length {max_length:,} characters"
+        else:
+            yield lineno, text, None
+
+
+def score_lines(model, vocab: Vocab, lines, device) -> list[tuple[int, WordScore]]:
+    """(line number, score) for each of `lines` (read_lines' triples)."""
+    lines = list(lines)
+    ok = [(n, t) for n, t, e in lines if e is None]
+    scored = iter(score(model, vocab, [t for _, t in ok], device))
+    return [(n, next(scored) if e is None else WordScore("" if t is None else t, None, 0, e))
+            for n, t, e in lines]
+
+
+def format_row(lineno: int, s: WordScore, fmt: str) -> str:
+    """One output line: tab-separated COLUMNS (the text last, so a tab inside it cannot shift
+    a column; numbers empty where there is an error), or a JSON object."""
+    if fmt == "json":
+        import json
+        return json.dumps(dict(line=lineno, text=s.word, log_likelihood=s.log_likelihood,
+                               targets=s.targets if s.error is None else None,
+                               nats_per_char=s.nats_per_char, perplexity=s.perplexity, error=s.error),
+                          ensure_ascii=False)
+    if s.error is not None:
+        return f"{lineno}\t\t\t\t\t{s.error}\t{s.word}"
+    return (f"{lineno}\t{s.log_likelihood:.6f}\t{s.targets}\t{s.nats_per_char:.6f}\t{s.perplexity:.4f}"
+            f"\t\t{s.word}")
+
+
+def rank_key(item: tuple[int, WordScore]):
+    """--sort: likeliest per character first; lines that could not be scored last, in order."""
+    lineno, s = item
+    return (s.error is not None, s.nats_per_char if s.error is None else 0.0, lineno)
