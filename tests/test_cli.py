@@ -115,3 +115,19 @@ def test_conv_is_the_default_and_convert_keeps_the_loss(tmp_path, tiny_file, cli
     assert code == 2 and "holds a 'conv' model, expected 'mlp'" in err
     code, _, err = cli("train", "-o", conv_dir, "--resume")
     assert code == 2 and "no training state" in err
+
+
+def test_the_loss_curve_is_drawn_or_the_run_says_why(tmp_path, tiny_file, cli, tiny_flags, monkeypatch):
+    """loss.png: the training curve and the val points, a PNG, said so; without matplotlib,
+    one line says why there is none (and the run still succeeds)."""
+    pytest.importorskip("matplotlib")  # the dev extra has it: CI runs this
+    code, out, err = cli("train", "-i", tiny_file, "-o", tmp_path / "a", *tiny_flags)
+    assert code == 0, err
+    png = (tmp_path / "a" / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert f"loss curve: {tmp_path / 'a' / 'loss.png'}" in out
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code, out, err = cli("train", "-i", tiny_file, "-o", tmp_path / "b", *tiny_flags)
+    assert code == 0, err
+    assert not (tmp_path / "b" / "loss.png").exists()
+    assert 'loss curve not drawn: matplotlib is not installed (pip install -e ".[plot]")' in out

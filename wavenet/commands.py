@@ -304,8 +304,9 @@ def _report(job: _Job, session: _Session, step: int, num_samples: int, say, devi
     train_words, val_words, _ = job.splits
     if session.average is not None:  # the run's last weights are the average
         session.average.apply_to(model)
-    if session.main and job.run.plot_loss(session.lossi):
-        print(f"loss curve: {job.run.loss_plot}")
+    if session.main:
+        why_not = job.run.plot_loss(session.lossi)
+        print(f"loss curve: {job.run.loss_plot}" if why_not is None else f"loss curve not drawn: {why_not}")
     scored = sample_for_loss(train_words, seed=job.cfg.seed)
     of = "" if len(scored) == len(train_words) else f" (a seeded sample of {len(scored):,} of " \
                                                      f"{len(train_words):,} train names)"

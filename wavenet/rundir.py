@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -174,30 +175,40 @@ class RunDir:
             cause = (e.strerror or type(e).__name__).lower()
             raise WriteError(f"could not write {path} ({cause}); {self.kept()}") from None
 
-    def plot_loss(self, lossi: list) -> bool:
-        """The lecture's curve: log10 loss, mean over rows of 1,000 steps. Needs matplotlib
-        (the `plot` extra); returns False when it is missing or there are < 1,000 steps."""
+    def plot_loss(self, lossi: list) -> str | None:
+        """The lecture's curve: log10 of the training loss, averaged over each 1,000 steps
+        (over a twentieth of the run when that is fewer), with the val loss of metrics.jsonl
+        at its steps. Needs matplotlib (the `plot` extra): returns None once drawn, else why not."""
         try:
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            return False
-        n = len(lossi) // 1000 * 1000
-        if n == 0:
-            return False
-        curve = torch.tensor(lossi[:n]).view(-1, 1000).mean(1)
+            return "matplotlib is not installed (pip install -e \".[plot]\")"
+        if not lossi:
+            return "no steps to plot"
+        every = min(1000, max(1, len(lossi) // 20))  # at least 20 points
+        n = len(lossi) // every * every
+        curve = torch.tensor(lossi[:n], dtype=torch.float64).view(-1, every).mean(1)
+        val = []
+        if self.metrics.exists():
+            records = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+            val = [(r["step"], math.log10(r["val_loss"])) for r in records if "val_loss" in r]
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(torch.arange(len(curve)) * 1000 + 500, curve)
+        ax.plot((torch.arange(len(curve)) * every + every / 2).tolist(), curve.tolist(),
+                label=f"train (mean of {every:,} steps)")
+        if val:
+            ax.plot(*zip(*val), "o-", label="val")
         ax.set_xlabel("step")
-        ax.set_ylabel("log10 loss (mean of 1,000 steps)")
+        ax.set_ylabel("log10 loss")
+        ax.legend()
         fig.tight_layout()
         png = io.BytesIO()
         fig.savefig(png, format="png")
         plt.close(fig)
         with self._writing(self.loss_plot):
             ckpt_io.write_atomic(self.loss_plot, png.getbuffer())
-        return True
+        return None
 
 
 # ---------------------------------------------------------------------- the data record
