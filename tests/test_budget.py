@@ -214,3 +214,26 @@ def test_a_refit_continues_the_schedule_from_where_it_stands(schedule):
         again = wavenet.train.refit_to_budget(refit, 500, 30.0, step_s)  # 30 s left at the first rate
         assert again.max_steps == 1000 and len(again.schedule_knots) == 2
         assert [lr(again, s) for s in range(501)] == [lr(refit, s) for s in range(501)]
+
+
+def test_a_finished_budget_run_extends_with_more_minutes(tmp_path, tiny_file, cli, one_line_error):
+    """--resume --time-budget M (more than recorded) trains on until the clock holds M
+    minutes; the checkpoint records the longer budget. --max-steps cannot extend it."""
+    args = ["train", "--model", "wavenet", "-i", tiny_file, *SHAPES["wavenet"], *SMALL]
+    code, _, err = cli(*args, "-o", tmp_path / "run", "--time-budget", "0.03")
+    assert code == 0, err
+    a = RunDir(tmp_path / "run").load()
+    code, _, err = cli("train", "-o", tmp_path / "run", "--resume", "--max-steps", a["step"] + 10)
+    one_line_error(code, err, "this run trains to a time budget (0.03 minutes): extend it with "
+                   "--time-budget, not --max-steps")
+    code, out, err = cli("train", "-o", tmp_path / "run", "--resume", "--time-budget", "0.06",
+                         "--no-progress", "-n", "0")
+    assert code == 0, err
+    assert f"resuming {tmp_path / 'run'} at step {a['step']:,}, extended from {a['step']:,}" in out
+    b = RunDir(tmp_path / "run").load()
+    assert b["train_config"]["time_budget"] == 0.06 and b["budget"]["minutes"] == 0.06
+    assert b["budget"]["extended"][0][0] == a["step"] and b["step"] == b["train_config"]["max_steps"]
+    assert b["step"] > 1.5 * a["step"]  # twice the minutes: about twice the steps, re-fitted by the clock
+    assert b["clock"]["train_s"] <= 0.06 * 60 + RUN_TICK
+    assert b["train_config"]["schedule_knots"][:len(a["train_config"]["schedule_knots"])] == \
+        a["train_config"]["schedule_knots"]

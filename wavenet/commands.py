@@ -31,7 +31,15 @@ from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
 from .sample import generate, novelty
-from .train import Diverged, WeightAverage, fit_to_budget, make_optimizer, refit_to_budget, train_loop
+from .train import (
+    Diverged,
+    WeightAverage,
+    extend_recipe,
+    fit_to_budget,
+    make_optimizer,
+    refit_to_budget,
+    train_loop,
+)
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "names.txt"
 MODEL_FIELDS = list(dict.fromkeys(f.name for cls in MODEL_CONFIGS.values() for f in dataclasses.fields(cls)))
@@ -93,7 +101,10 @@ def _train(args, device: str, group) -> int:
         session.resume(job.resumed)
         if main:
             job.run.truncate_metrics(session.step)
-        say(f"resuming {job.run.path} at step {session.step:,}")
+        recorded = job.resumed["train_config"]["max_steps"]
+        longer = "" if job.cfg.max_steps == recorded else (
+            f", extended from {recorded:,} to {job.cfg.max_steps:,} steps (the schedule re-aimed at the end)")
+        say(f"resuming {job.run.path} at step {session.step:,}{longer}")
     train_words, val_words, _ = job.splits
     ranks = "" if group is None else f"; {group.world_size} processes"
     say(f"{job.model.kind} model, {sum(p.numel() for p in job.model.parameters()):,} parameters; "
@@ -205,6 +216,9 @@ class _Session:
         self.step, self.lossi, self.best = resumed["step"], resumed["lossi"].tolist(), resumed.get("best")
         self.clock.update(resumed.get("clock", {}))
         self.budget = resumed.get("budget")
+        if self.budget is not None and self.budget["minutes"] != job.cfg.time_budget:  # extended
+            self.budget = dict(self.budget, minutes=job.cfg.time_budget,
+                               extended=[*self.budget.get("extended", []), [self.step, job.cfg.max_steps]])
         self._fitted_at = (self.step, self.clock["train_s"])
         _restore_rng(resumed, self.group, self.device)
 
@@ -257,12 +271,16 @@ class _Session:
 
     def refit(self, at_step: int) -> TrainConfig | None:
         """A budget run: re-aim max_steps at the budget from the step rate since the last fit
-        (train.refit_to_budget); rank 0's measurement for every rank. The new recipe, or None."""
+        (train.refit_to_budget); rank 0's measurement for every rank. The new recipe, or None.
+        Fewer than half an interval's steps since the last fit (the first evaluation after
+        a resume between two) are too few to time: the fit stands until the next."""
         job = self.job
         if self.budget is None or at_step >= job.cfg.max_steps:
             return None
         step0, train_s0 = self._fitted_at
-        rate = (self.clock["train_s"] - train_s0) / max(at_step - step0, 1)
+        if at_step - step0 < max(1, job.cfg.eval_interval // 2):
+            return None  # too few steps since the last fit (a resume between evaluations) to time
+        rate = (self.clock["train_s"] - train_s0) / (at_step - step0)
         cfg = distributed.from_main(refit_to_budget(job.cfg, at_step, self.clock["train_s"], rate))
         self._fitted_at = (at_step, self.clock["train_s"])
         if cfg == job.cfg:
@@ -365,6 +383,13 @@ def _configs(args, resumed):
     saved_model, _ = config_from_record(resumed["model_config"])
     saved_train = TrainConfig(**resumed["train_config"])
     model_config(saved_model.kind, **model_given)  # a flag the saved kind does not have: say so
+    # a longer run: more steps, or more minutes for a budget run (train.extend_recipe)
+    longer = {name: train_given.pop(name) for name in ("max_steps", "time_budget")
+              if train_given.get(name) not in (None, getattr(saved_train, name))}
+    if longer:
+        budget = resumed.get("budget") or {}
+        train_s = resumed.get("clock", {}).get("train_s", 0.0)
+        saved_train = extend_recipe(saved_train, resumed["step"], train_s, budget.get("step_s"), **longer)
     saved = {"kind": saved_model.kind, **dataclasses.asdict(saved_model), **dataclasses.asdict(saved_train)}
     for name, value in {"kind": args.model, **model_given, **train_given}.items():
         if value is not None and value != saved[name]:

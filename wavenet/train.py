@@ -363,3 +363,41 @@ def refit_to_budget(cfg: TrainConfig, step: int, train_s: float, step_s: float) 
     if step > _schedule_start(cfg):  # the decay has begun: hold its place
         knots = (*knots, (step, schedule_progress(cfg, step), _schedule_end(cfg)))
     return replace(cfg, max_steps=steps, schedule_knots=knots)
+
+
+def extend_recipe(cfg: TrainConfig, step: int, train_s: float, step_s: float | None = None, *,
+                  max_steps: int | None = None, time_budget: float | None = None) -> TrainConfig:
+    """The recipe of a run at `step` (`train_s` seconds of training so far), lengthened on
+    `--resume`: to `max_steps` steps, or, for a run trained to a time budget, to
+    `time_budget` minutes (the steps they fit at `step_s` seconds a step; the evaluations
+    then re-fit them by the clock, as they always do). Only lengthened: fewer steps or
+    minutes than recorded are a WavenetError, as is the other run kind's flag.
+
+    The schedule is re-aimed, not continued: from `step` on the learning rate (and a ramped
+    dropout) is what the longer recipe gives at each step, as if the run had been given the
+    new length from the start (a budget run: its last line of the schedule, from the last
+    re-fit's knot, is stretched to the new end). So a cosine that had decayed rises again to
+    where the longer cosine stands at `step`; a run whose rate does not depend on its length
+    up to `step` (a constant rate: `--decay-at 1`, or a step schedule whose drop is still
+    ahead in both) continues exactly as one run given the final length from the start."""
+    if cfg.time_budget and max_steps is not None:
+        raise WavenetError(f"resume: this run trains to a time budget ({cfg.time_budget:g} minutes): extend "
+                           "it with time_budget, not max_steps", param=("resume", "max_steps", "time_budget"))
+    if not cfg.time_budget and time_budget is not None:
+        raise WavenetError("resume: this run has no time budget: extend it with max_steps, not time_budget",
+                           param=("resume", "max_steps", "time_budget"))
+    if max_steps is not None:
+        if max_steps < cfg.max_steps:
+            raise WavenetError(f"resume: max_steps {max_steps:,} is fewer than the checkpoint's "
+                               f"{cfg.max_steps:,}: a run can be extended, not shortened",
+                               param=("resume", "max_steps"))
+        return replace(cfg, max_steps=max_steps)
+    if time_budget is not None:
+        if time_budget < cfg.time_budget:
+            raise WavenetError(f"resume: time_budget {time_budget:g} is less than the checkpoint's "
+                               f"{cfg.time_budget:g} minutes: a run can be extended, not shortened",
+                               param=("resume", "time_budget"))
+        fits = step + max(int((time_budget * 60 - train_s) / step_s), 0)
+        return replace(cfg, time_budget=time_budget, max_steps=max(cfg.max_steps, fits))
+    return cfg
+
