@@ -126,7 +126,8 @@ def test_the_loss_curve_is_drawn_or_the_run_says_why(tmp_path, tiny_file, cli, t
     png = (tmp_path / "a" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert f"loss curve: {tmp_path / 'a' / 'loss.png'}" in out
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    for name in ("matplotlib", "matplotlib.figure"):  # importing them now raises ImportError
+        monkeypatch.setitem(sys.modules, name, None)
     code, out, err = cli("train", "-i", tiny_file, "-o", tmp_path / "b", *tiny_flags)
     assert code == 0, err
     assert not (tmp_path / "b" / "loss.png").exists()

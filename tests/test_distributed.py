@@ -246,7 +246,8 @@ def test_a_time_budget_under_torchrun_fits_one_step_count_for_every_rank(data_fi
     _close(RunDir(tmp_path / "one").load()["model"], two["model"])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGINT's case is slow (the default suite sends one process SIGINT in test_reliability.py)
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_a_signal_to_the_group_saves_one_checkpoint_and_every_rank_exits_130(sig, data_file, tmp_path,
                                                                               group_of):
     """Ctrl-C (SIGINT to every process, as a terminal sends it) or SIGTERM: all ranks stop at

@@ -400,13 +400,12 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own, not pyplot: the caller's backend and figures stay as they were
+        from matplotlib.figure import Figure
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, dname in enumerate(results["config"]["datasets"]):
         rows = [r for r in results["rows"] if r["dataset"] == dname]
         blocks = [r["block"] for r in rows]
@@ -423,7 +422,6 @@ def plot(results: dict, path: Path) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return True
 
 

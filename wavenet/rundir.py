@@ -179,10 +179,8 @@ class RunDir:
         """The lecture's curve: log10 of the training loss, averaged over each 1,000 steps
         (over a twentieth of the run when that is fewer), with the val loss of metrics.jsonl
         at its steps. Needs matplotlib (the `plot` extra): returns None once drawn, else why not."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        try:  # a Figure of its own, not pyplot: the caller's backend and figures stay as they were
+            from matplotlib.figure import Figure
         except ImportError:
             return "matplotlib is not installed (pip install -e \".[plot]\")"
         if not lossi:
@@ -194,7 +192,8 @@ class RunDir:
         if self.metrics.exists():
             records = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
             val = [(r["step"], math.log10(r["val_loss"])) for r in records if "val_loss" in r]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         ax.plot((torch.arange(len(curve)) * every + every / 2).tolist(), curve.tolist(),
                 label=f"train (mean of {every:,} steps)")
         if val:
@@ -205,7 +204,6 @@ class RunDir:
         fig.tight_layout()
         png = io.BytesIO()
         fig.savefig(png, format="png")
-        plt.close(fig)
         with self._writing(self.loss_plot):
             ckpt_io.write_atomic(self.loss_plot, png.getbuffer())
         return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto wants ipywidgets in a notebook
 
 from . import distributed
 from .batches import NameBatches, WindowBatches, make_batches  # noqa: F401  (they lived here; still importable)
