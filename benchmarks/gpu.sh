@@ -56,8 +56,8 @@ step() {
     *) status="FAILED (exit $rc)"; failed=1 ;;
   esac
   local figures
-  figures=$(grep -E "^(val loss|training [0-9.]+ s|best val loss|[0-9]+ passed|.*skipped)" "$out/logs/$name.log" \
-            | tr '\n' ';' | sed 's/;$//')
+  figures=$(grep -E "^((val|test) +loss|training [0-9.]+ s|[0-9]+ (passed|skipped|failed))" "$out/logs/$name.log" \
+            | sed -E 's/ +/ /g; s/ \(([0-9,]+ targets).*//; s/; evaluation and checkpoints.*//' | tr '\n' ';' | sed 's/;$//')
   echo "| $name | $status | $(( $(date +%s) - t0 )) s | ${figures:--} |" >>"$out/summary.md"
   echo "   $status"
 }

@@ -2,6 +2,7 @@
 every step end to end, as it will run on a GPU machine: from the working tree, no install."""
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -32,7 +33,8 @@ def test_the_rehearsal_runs_every_step_on_the_cpu(tmp_path):
     summary = (out / "summary.md").read_text()
     for step in STEPS:
         assert f"| {step} | ok |" in summary, (step, summary)
-    assert "val loss" in (out / "logs" / "eval-wavenet-bf16.log").read_text()
+    assert re.search(r"^val +loss [0-9.]+", (out / "logs" / "eval-wavenet-bf16.log").read_text(), re.M)
+    assert re.search(r"\| eval-wavenet-bf16 \| ok \| [0-9]+ s \| val loss [0-9.]+;test loss", summary)
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "summary.md" in names and not [n for n in names if n.endswith(".pt")]
