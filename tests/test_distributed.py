@@ -170,9 +170,9 @@ def test_dist_timeout_must_be_positive(tiny_file, tmp_path, cli, one_line_error,
 
 @pytest.mark.parametrize("kind, flags", [
     ("conv", []),
-    ("mlp", []),
+    pytest.param("mlp", [], marks=pytest.mark.slow),  # slow, with the lstm: conv and wavenet run by default
     ("wavenet", ["--dropout", "0", "--n-residual", "32", "--n-skip", "48", "--ema", "0.9"]),
-    ("lstm", ["--dropout", "0", "--n-embd", "16", "--n-hidden", "24"]),
+    pytest.param("lstm", ["--dropout", "0", "--n-embd", "16", "--n-hidden", "24"], marks=pytest.mark.slow),
     pytest.param("transformer", ["--dropout", "0", "--n-embd", "16", "--n-head", "2", "--n-layers", "2"],
                  marks=pytest.mark.slow),
 ])
@@ -277,7 +277,7 @@ def test_a_signal_to_the_group_saves_one_checkpoint_and_every_rank_exits_130(sig
         assert not list(work.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("victim", [0, 1])
+@pytest.mark.parametrize("victim", [0, pytest.param(1, marks=pytest.mark.slow)])  # 0: the rank that writes
 def test_a_killed_rank_stops_the_others_with_one_line(victim, data_file, tmp_path, group_of):
     """SIGKILL one rank mid-run: the other exits 1 with one line (no hang, no traceback), and
     the last checkpoint still loads."""
