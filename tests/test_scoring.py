@@ -174,7 +174,7 @@ def test_unreadable_lines_are_rows_too(run_dir, tmp_path, cli):
     assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
     assert rows[1][5] == "not valid UTF-8 (byte 0xff at byte 1)"
     assert rows[2][5] == "longer than max_length 100 characters"
-    assert rows[3][5] == "contains a NUL byte"
+    assert rows[3][5] == "contains a NUL byte (binary file?)"
     assert (rows[0][5], rows[0][6]) == (rows[4][5], "emma") and (rows[4][5], rows[4][6]) == ("", "ava")
 
 

@@ -24,9 +24,9 @@ from .config import (
     flag_fields,
     model_config,
 )
-from .data import Vocab, load_words, split_words
+from .data import Vocab, load_words, open_text_file, read_lines, split_words
 from .distributed import GroupError
-from .errors import EXIT_INTERRUPTED, EXIT_OK, DataError, WavenetError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, WavenetError
 from .evaluate import sample_for_loss, shard_batches, split_loss
 from .models import ConvWaveNet, build_model
 from .rundir import RunDir, data_record, load_split
@@ -460,21 +460,11 @@ def score(args) -> int:
     from . import scoring
     if args.max_length < 1:
         raise WavenetError(f"max_length must be at least 1, got {args.max_length}", param="max_length")
-    source = None
-    if args.file != "-":
-        path = Path(args.file)
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, not a text file")
-        try:
-            source = open(path, "rb")
-        except OSError as e:
-            raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    source = None if args.file == "-" else open_text_file(Path(args.file))
     try:
         device = resolve_device(args.device)
         model, vocab, _ = RunDir(args.work_dir).load_model(device, args.weights)
-        lines = scoring.read_lines(source or sys.stdin.buffer, args.max_length)
+        lines = read_lines(source or sys.stdin.buffer, args.max_length)
         if args.format == "tsv":
             print("\t".join(scoring.COLUMNS))
         kept, failed = [], 0

@@ -9,7 +9,7 @@ lecture's windows, padded and packed names, batches) is batches.py's.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,45 +32,64 @@ def load_words(path, max_length: int | None = DEFAULT_MAX_LENGTH) -> list[str]:
     path = Path(path)
     if max_length is not None and not (isinstance(max_length, int) and max_length >= 1):
         raise WavenetError(f"max_length must be at least 1, got {max_length}", param="max_length")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a text file")
-    # A character is at most 4 bytes in UTF-8; +2 leaves room for '\r\n'.
-    limit = None if max_length is None else 4 * max_length + 2
     words = []
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        lineno = 0
-        while True:
-            raw = f.readline(limit + 1) if limit is not None else f.readline()
-            if not raw:
-                break
-            lineno += 1
-            if limit is not None and len(raw) > limit and not raw.endswith(b"\n"):
-                raise DataError(f"{path}, line {lineno}: longer than max_length {max_length} characters",
-                                param="max_length")
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # UTF-8 byte order mark: an encoding marker, not data
-            if b"\0" in raw:
-                raise DataError(f"{path}, line {lineno}: contains a NUL byte (binary file?)")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: not valid UTF-8 "
-                                f"(byte 0x{raw[e.start]:02x} at byte {e.start + 1})") from None
-            word = line.strip()
-            if max_length is not None and len(word) > max_length:
-                raise DataError(f"{path}, line {lineno}: longer than max_length {max_length} characters",
-                                param="max_length")
+    with open_text_file(path) as f:
+        for lineno, word, error, param in read_lines(f, max_length):
+            if error is not None:
+                raise DataError(f"{path}, line {lineno}: {error}", param=param)
             if word:
                 words.append(word)
     if not words:
         raise DataError(f"{path}: no items (the file is empty or has only blank lines)")
     return words
+
+
+def open_text_file(path: Path):
+    """`path` opened for reading in binary, or a DataError naming what is wrong with it."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a text file")
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_lines(f, max_length: int | None = DEFAULT_MAX_LENGTH) -> Iterator[tuple]:
+    """(line number, text, error, param) for each line of the binary file `f`: the text
+    stripped of surrounding whitespace ('' for a blank line), or None with an error when the
+    line is not UTF-8, holds a NUL byte or runs past `max_length` characters (`param`:
+    "max_length" for that one). A leading UTF-8 byte order mark is an encoding marker, not
+    data. A line is read ~4 * max_length bytes at a time, so a huge one costs no memory."""
+    # A character is at most 4 bytes in UTF-8; +2 leaves room for '\r\n'.
+    limit = None if max_length is None else 4 * max_length + 2
+    too_long = f"longer than max_length {max_length} characters"
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1) if limit is not None else f.readline()
+        if not raw:
+            return
+        lineno += 1
+        if limit is not None and len(raw) > limit and not raw.endswith(b"\n"):
+            yield lineno, None, too_long, "max_length"
+            while raw and not raw.endswith(b"\n"):  # only if asked for the next line: skip this one's rest
+                raw = f.readline(limit + 1)
+            continue
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\0" in raw:
+            yield lineno, None, "contains a NUL byte (binary file?)", None
+            continue
+        try:
+            word = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            yield lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})", None
+            continue
+        if max_length is not None and len(word) > max_length:
+            yield lineno, None, too_long, "max_length"
+        else:
+            yield lineno, word, None, None
 
 
 class Vocab:

@@ -94,46 +94,12 @@ CHUNK = 4_096  # lines scored at a time: memory stays bounded by this, whatever 
 COLUMNS = ("line", "log_likelihood", "targets", "nats_per_char", "perplexity", "error", "text")
 
 
-def read_lines(f, max_length: int):
-    """(line number, text or None, error or None) for each line of the binary file `f`: the
-    text stripped of surrounding whitespace, as training reads it; a line that is not UTF-8,
-    holds a NUL byte or runs past `max_length` characters gets an error instead (reading it
-    takes at most ~4 * max_length bytes of memory). A blank line is an empty text."""
-    limit = 4 * max_length + 2  # a character is at most 4 bytes in UTF-8; +2: '\r\n'
-    lineno = 0
-    while True:
-        raw = f.readline(limit + 1)
-        if not raw:
-            return
-        lineno += 1
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):  # the rest of this line, a bounded piece at a time
-                raw = f.readline(limit + 1)
-            yield lineno, None, f"longer than max_length {max_length:,} characters"
-            continue
-        if b"\0" in raw:
-            yield lineno, None, "contains a NUL byte"
-            continue
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            yield lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1})"
-            continue
-        if len(text) > max_length:
-            yield lineno, None, f"longer than max_length {max_length:,} characters"
-        else:
-            yield lineno, text, None
-
-
 def score_lines(model, vocab: Vocab, lines, device) -> list[tuple[int, WordScore]]:
-    """(line number, score) for each of `lines` (read_lines' triples)."""
+    """(line number, score) for each of `lines` (`data.read_lines`' tuples): a line that
+    could not be read is scored as its error."""
     lines = list(lines)
-    ok = [(n, t) for n, t, e in lines if e is None]
-    scored = iter(score(model, vocab, [t for _, t in ok], device))
-    return [(n, next(scored) if e is None else WordScore("" if t is None else t, None, 0, e))
-            for n, t, e in lines]
+    scored = iter(score(model, vocab, [t for _, t, e, _ in lines if e is None], device))
+    return [(n, next(scored) if e is None else WordScore("", None, 0, e)) for n, _, e, _ in lines]
 
 
 def format_row(lineno: int, s: WordScore, fmt: str) -> str:
