@@ -218,7 +218,7 @@ def indexed_eval_batches(model, words: Sequence[str], vocab, max_positions: int 
                          ) -> Iterator[tuple]:
     """`eval_batches` as (X, Y, word): `word` (n,) is the index into `words` of each of the
     batch's n targets, in the order `evaluate.batch_nll` returns their losses (per-word
-    scores add them up, score.py)."""
+    scores add them up, scoring.py)."""
     budget = eval_positions(len(vocab), max_positions)
     if model.kind == "mlp":
         X, Y = build_windows(words, vocab, model.block_size)

@@ -455,7 +455,7 @@ def evaluate(args) -> int:
 
 def score(args) -> int:
     """One row per line of the input: its log-likelihood, nats per character and perplexity
-    (score.py); lines the model cannot score get a message in the error column, and a note
+    (scoring.py); lines the model cannot score get a message in the error column, and a note
     on stderr counts them."""
     from . import scoring
     if args.max_length < 1:

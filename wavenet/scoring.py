@@ -44,10 +44,6 @@ class WordScore:
     def perplexity(self) -> float | None:
         return None if self.log_likelihood is None else math.exp(self.nats_per_char)
 
-    def as_dict(self) -> dict:
-        return dict(word=self.word, log_likelihood=self.log_likelihood, targets=self.targets,
-                    nats_per_char=self.nats_per_char, perplexity=self.perplexity, error=self.error)
-
 
 def unscorable(model, vocab: Vocab, word: str) -> str | None:
     """Why `model` cannot score `word`, or None when it can."""
