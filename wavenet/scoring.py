@@ -13,6 +13,7 @@ in chunks and prints one row per line.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,7 +103,6 @@ def format_row(lineno: int, s: WordScore, fmt: str) -> str:
     """One output line: tab-separated COLUMNS (the text last, so a tab inside it cannot shift
     a column; numbers empty where there is an error), or a JSON object."""
     if fmt == "json":
-        import json
         return json.dumps(dict(line=lineno, text=s.word, log_likelihood=s.log_likelihood,
                                targets=s.targets if s.error is None else None,
                                nats_per_char=s.nats_per_char, perplexity=s.perplexity, error=s.error),
