@@ -46,3 +46,15 @@ def test_every_model_kind_has_the_same_three_paths():
             assert hasattr(model, attribute), (kind, attribute)
         inputs, logits = model.boundary_states()
         assert len(inputs) == len(model.dilations) and logits.shape == (27,)
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists each folder of the package that holds an __init__.py, so a plain
+    (non-editable) `pip install .` ships all of them (it once lacked wavenet/models)."""
+    import ast
+    import re
+    from pathlib import Path
+    root = Path(wavenet.__file__).resolve().parent.parent
+    listed = re.search(r"^packages = (\[.*\])$", (root / "pyproject.toml").read_text(), re.M).group(1)
+    found = [str(p.parent.relative_to(root)).replace("/", ".") for p in (root / "wavenet").rglob("__init__.py")]
+    assert sorted(ast.literal_eval(listed)) == sorted(found)
