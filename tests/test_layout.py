@@ -56,5 +56,6 @@ def test_every_package_is_in_the_distribution():
     from pathlib import Path
     root = Path(wavenet.__file__).resolve().parent.parent
     listed = re.search(r"^packages = (\[.*\])$", (root / "pyproject.toml").read_text(), re.M).group(1)
-    found = [str(p.parent.relative_to(root)).replace("/", ".") for p in (root / "wavenet").rglob("__init__.py")]
+    found = [str(p.parent.relative_to(root)).replace("/", ".")
+             for p in (root / "wavenet").rglob("__init__.py")]
     assert sorted(ast.literal_eval(listed)) == sorted(found)
