@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a one-item-per-line text file")
     common(t)
     t.add_argument("-i", "--input-file", default=None, help="one item per line [data/names.txt]")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --work-dir; with a larger --max-steps (a budget "
+                   "run: --time-budget), train it further, the schedule re-aimed at the new end")
     t.add_argument("--model", choices=list(MODEL_CONFIGS), default=None, help=f"[{DEFAULT_KIND}]")
     add_config_flags(t, {kind: cls() for kind, cls in MODEL_CONFIGS.items()})
     add_config_flags(t, RECIPES)
