@@ -65,7 +65,12 @@ step() {
 {
   echo "# GPU session: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "device $device, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '-dirty')"
+  if commit=$(git rev-parse --short HEAD 2>/dev/null); then
+    git diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
+  else
+    commit="? (no git here: a copied working tree)"
+  fi
+  echo "device $device, commit $commit"
   echo
   echo "| step | status | wall | figures |"
   echo "|---|---|---:|---|"
@@ -75,7 +80,8 @@ step() {
 step machine 60 bash -c "date -u; uname -a; nproc; free -g; (nvidia-smi || echo 'no nvidia-smi'); \
   $py -c 'import sys, torch, numpy; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \
 \"cuda\", torch.version.cuda, \"numpy\", numpy.__version__); n = torch.cuda.device_count(); print(\"gpus\", n, \
-[torch.cuda.get_device_name(i) for i in range(n)], \"bf16\", n and torch.cuda.is_bf16_supported())'"
+[torch.cuda.get_device_name(i) for i in range(n)], \"bf16\", n and torch.cuda.is_bf16_supported()); \
+import wavenet; print(\"wavenet from\", wavenet.__file__)'"
 gpus=$($py -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 
 # the CUDA tests (they skip without a GPU)
