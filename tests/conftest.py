@@ -72,6 +72,22 @@ def scores_of():
 
 
 @pytest.fixture(scope="session")
+def same_run():
+    """`same_run(a, b)`: two checkpoints (dicts) hold the same run bit for bit: weights and
+    buffers, the batch source, the weight average if any, the loss history, the optimizer
+    and the random stream."""
+    def check(a: dict, b: dict) -> None:
+        assert ("ema" in a) == ("ema" in b)
+        for key in ("model", "batches", "ema") if "ema" in a else ("model", "batches"):
+            for name in a[key]:
+                assert torch.equal(a[key][name], b[key][name]) if torch.is_tensor(a[key][name]) \
+                    else a[key][name] == b[key][name], name
+        assert torch.equal(a["lossi"], b["lossi"]) and str(a["optimizer"]) == str(b["optimizer"])
+        assert torch.equal(a["rng"], b["rng"])
+    return check
+
+
+@pytest.fixture(scope="session")
 def one_line_error():
     """Checks a user mistake's outcome: exit 2, the message, one line, no traceback."""
     def check(code, err, message):

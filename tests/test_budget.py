@@ -9,7 +9,6 @@ import types
 from dataclasses import replace
 
 import pytest
-import torch
 
 import wavenet.checkpoint as ckpt_io
 import wavenet.commands
@@ -56,22 +55,12 @@ SHAPES = {"wavenet": ["--n-residual", "6", "--n-skip", "5", "--n-layers", "2", "
           "mlp": ["--n-embd", "4", "--n-hidden", "8"]}
 
 
-def _same_run(a: dict, b: dict) -> None:
-    assert ("ema" in a) == ("ema" in b)
-    for key in ("model", "batches", "ema") if "ema" in a else ("model", "batches"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]) if torch.is_tensor(a[key][name]) \
-                else a[key][name] == b[key][name], name
-    assert torch.equal(a["lossi"], b["lossi"]) and str(a["optimizer"]) == str(b["optimizer"])
-    assert torch.equal(a["rng"], b["rng"])
-
-
 @pytest.mark.parametrize("kind, extra", [("wavenet", []), ("wavenet", ["--ema", "0.9"]), ("mlp", []),
                                          pytest.param("lstm", [], marks=pytest.mark.slow),
                                          pytest.param("conv", [], marks=pytest.mark.slow)],
                          ids=["wavenet", "wavenet-ema", "mlp", "lstm", "conv"])
 def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, extra, tmp_path, tiny_file, cli, scores_of,
-                                                        monkeypatch):
+                                                        monkeypatch, same_run):
     """The probe's measured rate and first fit are recorded with the re-fits; the run trains
     slower than the probe measured, so it re-aims at the budget: half the steps, the
     schedule continued by knots. Training the recorded schedule with no budget gives the same
@@ -110,11 +99,11 @@ def test_a_budget_run_is_the_fixed_step_run_it_recorded(kind, extra, tmp_path, t
     assert code == 0, err
     b = RunDir(tmp_path / "fixed").load()
     assert "budget" not in b and b["step"] == a["step"]
-    _same_run(a, b)
+    same_run(a, b)
     assert scores_of(tmp_path / "budget") == scores_of(tmp_path / "fixed")
 
 
-def test_a_budget_on_a_steady_machine_keeps_its_first_fit(tmp_path, tiny_file, cli, monkeypatch):
+def test_a_budget_on_a_steady_machine_keeps_its_first_fit(tmp_path, tiny_file, cli, monkeypatch, same_run):
     """Where training runs at the rate the probe measured, no re-fit changes anything: the
     run is the plain fixed-step run of the first fit (no knots), as --max-steps gives it."""
     probe_steps = 3 * wavenet.train.PROBE_CHUNK
@@ -131,10 +120,10 @@ def test_a_budget_on_a_steady_machine_keeps_its_first_fit(tmp_path, tiny_file, c
     code, _, err = cli("train", "--model", "wavenet", "-i", tiny_file, "-o", tmp_path / "fixed",
                        *SHAPES["wavenet"], *SMALL, "--max-steps", first, "--eval-interval", interval)
     assert code == 0, err
-    _same_run(a, RunDir(tmp_path / "fixed").load())
+    same_run(a, RunDir(tmp_path / "fixed").load())
 
 
-def test_a_budget_run_resumes_exactly(tmp_path, tiny_file, cli, monkeypatch, scores_of):
+def test_a_budget_run_resumes_exactly(tmp_path, tiny_file, cli, monkeypatch, scores_of, same_run):
     """Killed after its first checkpoint, a budget run resumes with its recorded steps and
     schedule (no new measurement) and, re-fitting on the same clock, ends where the
     uninterrupted run ends."""
@@ -163,7 +152,7 @@ def test_a_budget_run_resumes_exactly(tmp_path, tiny_file, cli, monkeypatch, sco
     assert code == 0 and "resuming" in out and "time budget" not in out, err
     b = RunDir(resumed).load()
     assert b["step"] == a["step"] and b["budget"] == a["budget"] and b["train_config"] == a["train_config"]
-    _same_run(a, b)
+    same_run(a, b)
     assert scores_of(tmp_path / "straight") == scores_of(resumed)
 
 

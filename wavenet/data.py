@@ -122,8 +122,12 @@ class Vocab:
         """The lecture's itos: {0: '.', 1: 'a', ...}."""
         return {0: BOUNDARY, **{i + 1: c for i, c in enumerate(self.chars)}}
 
+    def unknown(self, text: str) -> list[str]:
+        """The characters of `text` outside the vocabulary, sorted, each once."""
+        return sorted(set(text) - self.stoi.keys())
+
     def encode(self, text: str) -> list[int]:
-        unknown = sorted(set(text) - self.stoi.keys())
+        unknown = self.unknown(text)
         if unknown:
             shown = ", ".join(repr(c) for c in unknown)
             raise WavenetError(f"characters not in the vocabulary: {shown}")

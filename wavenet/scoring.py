@@ -50,7 +50,7 @@ def unscorable(model, vocab: Vocab, word: str) -> str | None:
     """Why `model` cannot score `word`, or None when it can."""
     if not word:
         return "empty: nothing to score"
-    unknown = sorted(set(word) - vocab.stoi.keys())
+    unknown = vocab.unknown(word)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         return f"not in the model's vocabulary: {shown}"
