@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def test_tiny_run_reports_everything(names, tmp_path):
     results["kinds"] = bench_kinds.compare(names[:400], kinds=("lstm", "conv"), repeats=1, steps=2,
                                            sample_names=4)
     assert "| lstm | 1,066,523 | 64 |" in bench_kinds.markdown(results["kinds"])
-    assert "training targets/s: lstm " in bench.log_line(results)
+    line = bench.log_line(results)
+    assert "training targets/s: lstm " in line
+    # every step size's training speed-up, beside the FLOP ratio, for each row
+    assert len(re.findall(r"train [0-9.]+x( busy)? @32 \(flop [0-9.]+x; the conv at [0-9]+% of GEMM @32\)",
+                          line)) == 2, line
     log = tmp_path / "perf_log.md"
     written = bench.write_outputs(results, tmp_path / "out", log)
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["rows"][0]["block"] == 4

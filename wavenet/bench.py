@@ -438,9 +438,14 @@ def log_line(results: dict) -> str:
         key = (f"time to val <= {' / '.join(map(str, r.get('targets', [r['target']])))}: {key}"
                + (f"; MLP / conv at {r['target']}: {r['ratio']:.1f}x" if r["ratio"] else ""))
     else:
-        key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x "
-                        f"train {r['train'][-1]['speedup']:.2f}x (flop {r['flop_ratio']:.2f}x, "
-                        f"{r['train'][-1]['conv_fraction']:.0%} of GEMM) "
+        def train(r):  # the speed-up at every measured step size, each marked busy where its race was
+            ratios = " / ".join(f"{t['speedup']:.2f}x" + ("" if t["calm"] >= CALM else " busy")
+                                for t in r["train"])
+            at = " / ".join(f"{t['positions']:,}" for t in r["train"])
+            last = r["train"][-1]
+            return (f"train {ratios} @{at} (flop {r['flop_ratio']:.2f}x; the conv at "
+                    f"{last['conv_fraction']:.0%} of GEMM @{last['positions']:,})")
+        key = "; ".join(f"{r['dataset']}/{r['block']}: eval {r['eval']['speedup']:.2f}x {train(r)} "
                         f"cached {r['sample']['cached_vs_lecture']:.0f}x" for r in results["rows"])
         if results.get("kinds"):
             key += "; training targets/s: " + ", ".join(
