@@ -178,12 +178,12 @@ WAVENET = ["--n-residual", "16", "--n-skip", "16"]
 
 @pytest.mark.parametrize("kind, flags, exact", [
     ("mlp", [], False), ("wavenet", WAVENET + ["--norm", "rms"], False), ("conv", [], True),
-    ("wavenet", WAVENET, True)])
+    ("wavenet", WAVENET, False)])
 def test_bf16_autocast_trains_in_float32_weights(kind, flags, exact, tmp_path, names_path, cli):
     """--dtype bf16 (autocast; here on the CPU, which has it too): the MLP's matrix products,
-    and a WaveNet's with a norm (autograd), run in bfloat16, so their weights differ from a
-    float32 run but stay float32 and close; the conv's and the WaveNet's hand-written steps
-    keep float32 arithmetic exactly."""
+    and the WaveNet's (which then trains through autograd, with or without a norm), run in
+    bfloat16, so their weights differ from a float32 run but stay float32 and close; the
+    conv's hand-written step keeps float32 arithmetic exactly."""
     argv = ["train", "-i", names_path, "--model", kind, "--max-steps", "30", "--eval-interval", "30",
             "--batch-size", "32", "--no-progress", "-n", "0", *flags]
     runs = {}

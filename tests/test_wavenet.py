@@ -170,6 +170,25 @@ def test_the_hand_written_step_is_the_autograd_step(shape, dtype, tol, dropouts)
         torch.testing.assert_close(grads_f[name], grads[name], rtol=tol, atol=tol, msg=name)
 
 
+def test_under_autocast_the_training_step_is_the_reference_in_bf16():
+    """--dtype bf16: the hand-written step is float32 as written, so under autocast the model
+    trains through autograd, whose products autocast runs in bfloat16: the same loss as the
+    reference under autocast, bit for bit, and close to (not equal to) the float32 step."""
+    m = make(n_layers=2, n_cycles=2).train()
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_bf16 = m(batch)[1]
+        m.fused = False
+        loss_ref = m(batch)[1]
+    m.fused = True
+    loss_f32 = m(batch)[1]
+    assert loss_f32.grad_fn.name() == "FusedWaveNetBackward"
+    assert loss_bf16.grad_fn.name() != "FusedWaveNetBackward"
+    assert loss_bf16.item() == loss_ref.item()
+    assert 0 < abs(loss_bf16.item() - loss_f32.item()) < 0.05
+
+
 def test_the_hand_written_step_keeps_the_kernels_gradient_tap_major():
     m = make(n_layers=3, n_cycles=1).train()
     X, Y = pad_names(WORDS, VOCAB, m.block_size)

@@ -162,8 +162,10 @@ class WaveNet(nn.Module):
     def _forward_packed(self, batch: PackedNames):
         """Row 0 is the all-boundary state, rows 1.. the names' characters (batches.py); one
         gather by `batch.pairs[i]` gives every row's [older | newer] pair. A training step
-        without a norm takes the hand-written step (wavenet_fused.py), the same function."""
-        if self.training and torch.is_grad_enabled() and self.config.norm == "none" and self.fused:
+        without a norm takes the hand-written step (wavenet_fused.py), the same function, in
+        float32; under autocast (`--dtype bf16`) it runs here, where autocast takes the products."""
+        if (self.training and torch.is_grad_enabled() and self.config.norm == "none" and self.fused
+                and not autocast_on(self.wte.weight.device.type)):
             return fused_forward(self, batch)
         R = len(batch.ids)
         x, skip = self.embd_drop(self.wte(batch.ids)), 0  # (R, C)
@@ -205,6 +207,15 @@ class WaveNet(nn.Module):
 
 
 WaveNetCache = RingCache  # its name before the two models' caches became one
+
+
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (torch >= 2.4 asks it so; 2.2-2.3 had one
+    function per device)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def parameter_count(config: WaveNetConfig, vocab_size: int) -> int:

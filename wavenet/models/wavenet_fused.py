@@ -13,8 +13,9 @@ forward and four backward, a gather and a scatter, and a few in-place element-wi
 
 tests/test_wavenet.py proves it computes the reference's loss and every gradient (float64
 1e-12, float32 2e-6, dropout on and off, ignored targets anywhere). It serves `norm="none"`
-(the default; a norm takes the reference), in the parameters' dtype also under bf16
-autocast, as the conv's step does.
+(the default; a norm takes the reference) in the parameters' dtype. Under autocast
+(`--dtype bf16`) the model trains through the reference instead, whose matrix products
+autocast runs in bfloat16: this step's arithmetic is float32 as written.
 """
 
 from __future__ import annotations
