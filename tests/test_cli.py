@@ -32,6 +32,12 @@ def test_train_sample_eval(tmp_path, tiny_file, cli, tiny_flags):
     code, out, err = cli("eval", "-o", work)
     assert code == 0 and [line[:11].strip() for line in out.splitlines()] == [
         "train", "val", "test", "val unseen", "test unseen"]
+    code, only_val, err = cli("eval", "-o", work, "--splits", "val")  # tuning reads val, never test
+    assert code == 0 and [line[:11].strip() for line in only_val.splitlines()] == ["val", "val unseen"]
+    assert set(only_val.splitlines()) <= set(out.splitlines())
+    code, _, err = cli("eval", "-o", work, "--splits", "val,tset")
+    assert code == 2 and err.strip().splitlines() == [
+        "wavenet: error: --splits must name train, val or test, comma-separated, got 'val,tset'"]
 
 
 @pytest.mark.parametrize("argv, message", [

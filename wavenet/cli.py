@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "val and test names not in train")
     common(e)
     e.add_argument("-i", "--input-file", default=None, help=data_help)
+    e.add_argument("--splits", default="train,val,test", help="comma-separated, which of train, val and "
+                   "test to score (val and test with their unseen names): tune on val, read test once "
+                   "[train,val,test]")
 
     sc = sub.add_parser("score", help="log-likelihood, nats per character and perplexity of each line of "
                         "a file, under the model in --work-dir")

@@ -434,15 +434,17 @@ def evaluate(args) -> int:
     may repeat a name: names.txt holds 2,539 twice, so a model can score a held-out name
     it has memorised). Val and test are scored whole; train too, up to 50,000 names, and
     beyond that over the seeded sample the end of training scores (said so)."""
+    wanted = eval_splits(args.splits)
     device = resolve_device(args.device)
     model, vocab, ckpt = RunDir(args.work_dir).load_model(device, args.weights)
     train_words, val_words, test_words = load_split(ckpt["data"], args.input_file)
     seen = set(train_words)
     seed = ckpt.get("train_config", {}).get("seed", TrainConfig.seed)  # train's sample, as at training's end
     scored = sample_for_loss(train_words, seed=seed)
-    for name, words in (("train", scored), ("val", val_words), ("test", test_words),
-                        ("val unseen", [w for w in val_words if w not in seen]),
-                        ("test unseen", [w for w in test_words if w not in seen])):
+    rows = (("train", scored), ("val", val_words), ("test", test_words),
+            ("val unseen", [w for w in val_words if w not in seen]),
+            ("test unseen", [w for w in test_words if w not in seen]))
+    for name, words in ((name, words) for name, words in rows if name.split()[0] in wanted):
         if not words:
             print(f"{name:11} loss -       (no names)")
             continue
@@ -451,6 +453,16 @@ def evaluate(args) -> int:
         of = f" of {len(train_words):,}: a seeded sample" if sampled else ""
         print(f"{name:11} loss {loss:.4f}  ({targets:,} targets, {len(words):,} names{of})")
     return EXIT_OK
+
+
+def eval_splits(text: str) -> set[str]:
+    """`--splits`: a comma-separated choice of train, val and test."""
+    wanted = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - {"train", "val", "test"})
+    if unknown or not wanted:
+        raise WavenetError(f"splits must name train, val or test, comma-separated, got '{text}'",
+                           param="splits")
+    return wanted
 
 
 def score(args) -> int:
