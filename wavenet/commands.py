@@ -458,8 +458,7 @@ def evaluate(args) -> int:
 def eval_splits(text: str) -> set[str]:
     """`--splits`: a comma-separated choice of train, val and test."""
     wanted = {part.strip() for part in text.split(",") if part.strip()}
-    unknown = sorted(wanted - {"train", "val", "test"})
-    if unknown or not wanted:
+    if not wanted or not wanted <= {"train", "val", "test"}:
         raise WavenetError(f"splits must name train, val or test, comma-separated, got '{text}'",
                            param="splits")
     return wanted
