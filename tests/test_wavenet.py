@@ -174,7 +174,7 @@ def test_under_autocast_the_training_step_is_the_reference_in_bf16():
     """--dtype bf16: the hand-written step is float32 as written, so under autocast the model
     trains through autograd, whose products autocast runs in bfloat16: the same loss as the
     reference under autocast, bit for bit, and close to (not equal to) the float32 step.
-    In float32: autocast leaves float64 arithmetic as it is."""
+    The model is float32: autocast leaves float64 arithmetic as it is."""
     m = make(torch.float32, n_layers=2, n_cycles=2).train()
     X, Y = pad_names(WORDS, VOCAB, m.block_size)
     batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)

@@ -444,7 +444,9 @@ def evaluate(args) -> int:
     rows = (("train", scored), ("val", val_words), ("test", test_words),
             ("val unseen", [w for w in val_words if w not in seen]),
             ("test unseen", [w for w in test_words if w not in seen]))
-    for name, words in ((name, words) for name, words in rows if name.split()[0] in wanted):
+    for name, words in rows:
+        if name.split()[0] not in wanted:  # "val unseen" goes with val, "test unseen" with test
+            continue
         if not words:
             print(f"{name:11} loss -       (no names)")
             continue
