@@ -15,7 +15,7 @@ import torch
 
 from wavenet.batches import NameBatches, build_windows, pack, pack_padded, packed_rows, pad_names
 from wavenet.data import Vocab
-from wavenet.models import ConvWaveNet, HierarchicalMLP
+from wavenet.models import ConvWaveNet, HierarchicalMLP, tree_fused
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x",
          "bartholomew", "zo"]
@@ -71,6 +71,17 @@ def test_fused_step_is_the_reference_step(block_size, dtype, training, model):
     got = torch.log_softmax(b[0], -1).view(-1)[batch.targets]  # training returns log-probabilities
     torch.testing.assert_close(got, expected, rtol=0, atol=TOL[dtype])
     assert batch.n_targets == int((Y != -1).sum()) == len(expected)
+
+
+@pytest.mark.parametrize("kind", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_either_tanh_of_the_fused_step_is_the_reference_step(kind, dtype, model, monkeypatch):
+    """The step takes its tanh one of two ways by the machine (tree_fused.tanh_kind); both are
+    proven here, whichever this machine would choose."""
+    monkeypatch.setattr(tree_fused, "tanh_kind", lambda device: kind)
+    X, Y = pad_names(WORDS, VOCAB, 8)
+    ref, fused = model(8, dtype).train(), model(8, dtype).train()
+    assert_same_step(step(ref, X, Y), step(fused, pack_padded(X, Y, 8, len(VOCAB))), Y, dtype)
 
 
 @pytest.mark.parametrize("block_size", [4, 8])
