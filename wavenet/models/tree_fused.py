@@ -39,8 +39,8 @@ class FusedTree(torch.autograd.Function):
         N_bn = N if group is None else float(batch.n_group_targets or
                                              distributed.all_reduce_(w.new_tensor([N], dtype=torch.float64)))
         saved, stats, x = [], [], None
-        minus_one = wte.new_full((), -1.0)
         direct = tanh_kind(wte.device) == "tanh"
+        minus_one = None if direct else wte.new_full((), -1.0)
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
             W = kernel_matrix(kernel)  # (H, 2C): [tap at t - d | tap at t], a view
@@ -119,9 +119,9 @@ class FusedTree(torch.autograd.Function):
 
 def tanh_kind(device: torch.device) -> str:
     """How the fused step takes its tanh: "tanh" (`torch.tanh`) or "sigmoid" (2 sigmoid(2a) - 1),
-    whichever this device's kernels run faster. Measured at (263, 128), 2 threads: an AMD EPYC
-    took 44 us for `tanh` against 7 for `sigmoid`; an Intel Xeon with AVX-512 kernels 7 against
-    11. A fixed rule, not a timing, so a run and its resume on one machine take one path."""
+    whichever this device's kernels run faster. Measured with 2 threads: an AMD EPYC took 44 us
+    for `tanh` against 7 for `sigmoid` at (263, 128); an Intel Xeon with AVX-512 kernels 7
+    against 11 at (228, 128). A fixed rule, not a timing, so a run and its resume on one machine take one path."""
     if device.type != "cpu":
         return "tanh"
     return "tanh" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "sigmoid"
