@@ -121,7 +121,8 @@ def tanh_kind(device: torch.device) -> str:
     """How the fused step takes its tanh: "tanh" (`torch.tanh`) or "sigmoid" (2 sigmoid(2a) - 1),
     whichever this device's kernels run faster. Measured with 2 threads: an AMD EPYC took 44 us
     for `tanh` against 7 for `sigmoid` at (263, 128); an Intel Xeon with AVX-512 kernels 7
-    against 11 at (228, 128). A fixed rule, not a timing, so a run and its resume on one machine take one path."""
+    against 11 at (228, 128). A fixed rule, not a timing, so a run and its resume on one
+    machine take one path."""
     if device.type != "cpu":
         return "tanh"
     return "tanh" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "sigmoid"
