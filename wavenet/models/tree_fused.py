@@ -11,6 +11,9 @@ tests/test_packed.py proves both compute the same loss, gradients and BatchNorm 
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import torch
 
 from .. import distributed
@@ -119,13 +122,28 @@ class FusedTree(torch.autograd.Function):
 
 def tanh_kind(device: torch.device) -> str:
     """How the fused step takes its tanh: "tanh" (`torch.tanh`) or "sigmoid" (2 sigmoid(2a) - 1),
-    whichever this device's kernels run faster. Measured with 2 threads: an AMD EPYC took 44 us
-    for `tanh` against 7 for `sigmoid` at (263, 128); an Intel Xeon with AVX-512 kernels 7
-    against 11 at (228, 128). A fixed rule, not a timing, so a run and its resume on one
+    whichever this device's kernels run faster. Measured with 2 threads: an AMD EPYC with AVX2
+    took 44 us for `tanh` against 7 for `sigmoid` at (263, 128), an AMD EPYC with AVX-512 57
+    against 11; an Intel Xeon with AVX-512 7 against 11 at (228, 128). So the fast `tanh` is
+    Intel's with AVX-512 (or CUDA's). A fixed rule, not a timing, so a run and its resume on one
     machine take one path."""
     if device.type != "cpu":
         return "tanh"
-    return "tanh" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "sigmoid"
+    fast = torch.backends.cpu.get_cpu_capability() == "AVX512" and cpu_vendor() == "GenuineIntel"
+    return "tanh" if fast else "sigmoid"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "GenuineIntel" if "GenuineIntel" in platform.processor() else ""
 
 
 def fused_forward(model, batch):
