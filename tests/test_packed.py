@@ -84,6 +84,29 @@ def test_either_tanh_of_the_fused_step_is_the_reference_step(kind, dtype, model,
     assert_same_step(step(ref, X, Y), step(fused, pack_padded(X, Y, 8, len(VOCAB))), Y, dtype)
 
 
+@pytest.mark.parametrize("first", ["pairs", "split"])
+@pytest.mark.parametrize("rest", ["pairs", "split"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_way_of_taking_the_taps_is_the_reference_step(first, rest, dtype, model, monkeypatch):
+    """Each layer multiplies its pairs by its kernel one of two ways (tree_fused.layer_way
+    decides by the batch); here layer 0 goes each way and the others each way, at block 32
+    (dilations up to 16, so some layers have no row whose older input is inside its name)."""
+    monkeypatch.setattr(tree_fused, "layer_way", lambda batch, level: first if level == 0 else rest)
+    X, Y = pad_names(WORDS, VOCAB, 32)
+    ref, fused = model(32, dtype).train(), model(32, dtype).train()
+    assert_same_step(step(ref, X, Y), step(fused, pack_padded(X, Y, 32, len(VOCAB))), Y, dtype)
+
+
+def test_the_ways_by_the_batch():
+    """The rule: a layer split where at most a quarter of the rows read inside their name."""
+    X, Y = pad_names(WORDS, VOCAB, 32)
+    batch = pack_padded(X, Y, 32, len(VOCAB))
+    inner = [len(r) / len(batch.ids) for r in batch.inner_rows]
+    assert inner[-1] == 0 and inner[0] > 0.5  # a layer of each kind in this batch
+    expected = ["split" if k <= 0.25 else "pairs" for k in inner]
+    assert [tree_fused.layer_way(batch, level) for level in range(len(inner))] == expected
+
+
 @pytest.mark.parametrize("block_size", [4, 8])
 def test_ignored_targets_anywhere(block_size, model):
     """-1 inside a name, at output 0, at a name's end, and a row whose only real target is
@@ -107,7 +130,8 @@ def test_extra_right_padding_packs_to_the_same_batch():
                     torch.cat([Y, torch.full((len(Y), 5), -1)], 1), 8, len(VOCAB))
     for name in ("ids", "first_pairs", "weight", "targets"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert all(torch.equal(p, q) for p, q in zip(a.pairs, b.pairs))
+    for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
+        assert all(torch.equal(p, q) for p, q in zip(getattr(a, name), getattr(b, name))), name
 
 
 def test_packing_layout_by_hand():
@@ -118,6 +142,10 @@ def test_packing_layout_by_hand():
     assert batch.pairs[0].view(-1, 2).tolist() == [[0, 0], [0, 1], [1, 2], [0, 3]]
     assert batch.pairs[1].view(-1, 2).tolist() == [[0, 0], [0, 1], [0, 2], [0, 3]]
     assert batch.first_pairs.view(-1, 2).tolist() == [[0, 0], [0, 1], [1, 2], [0, 3]]
+    # the same reads split: row 0 as the older input, or a row inside the name
+    assert [m.tolist() for m in batch.reads_root] == [[1, 1, 0, 1], [1, 1, 1, 1]]
+    assert [r.tolist() for r in batch.inner_rows] == [[2], []]
+    assert [r.tolist() for r in batch.inner_older] == [[1], []]
     # row * V + target, name by name: 'a' read at row 0, 'b' after 'a', the boundary after 'b';
     # then 'c' at row 0 and the boundary after 'c'
     assert batch.targets.tolist() == [0 * 4 + 1, 1 * 4 + 2, 2 * 4 + 0, 0 * 4 + 3, 3 * 4 + 0]
@@ -136,7 +164,8 @@ def test_packed_name_batches_hold_the_padded_batches_names():
         assert none is None and a.n_names == len(X)
         for name in ("ids", "first_pairs", "weight", "targets"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
-        assert all(torch.equal(p, q) for p, q in zip(a.pairs, b.pairs))
+        for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
+            assert all(torch.equal(p, q) for p, q in zip(getattr(a, name), getattr(b, name))), name
 
 
 def test_packed_eval_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):

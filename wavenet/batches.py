@@ -96,7 +96,12 @@ class PackedNames:
 
     ids (R,): the id at each row (0 at row 0). pairs: one (2R,) index per layer, the
     interleaved [older, newer] rows each row reads. first_pairs: pairs[0] mapped to ids
-    (layer 0 can read the embedding table directly). weight (R,): real targets per row;
+    (layer 0 can read the embedding table directly). Per layer too, the same reads split by
+    where the older input lies: reads_root (R,) float32, 1 for the rows whose older input is
+    row 0 (row 0 itself, and rows fewer than d into their name), and for the rest,
+    inner_rows (K,) and inner_older (K,): each row and the row d before it in its name (the
+    fused step skips row 0's repeated arithmetic with them, `tree_fused.layer_way`).
+    weight (R,): real targets per row;
     odd_rows: the rows whose weight is not 1 (row 0, rows without a target), odd_extra: their
     weight - 1 (the tree's hand-written backward pass treats every row as weight 1, then
     corrects these). targets (N,): flat indices row * V + target of every real target, in
@@ -107,6 +112,9 @@ class PackedNames:
     ids: torch.Tensor
     pairs: list[torch.Tensor]
     first_pairs: torch.Tensor
+    reads_root: list[torch.Tensor]
+    inner_rows: list[torch.Tensor]
+    inner_older: list[torch.Tensor]
     weight: torch.Tensor
     targets: torch.Tensor
     odd_rows: torch.Tensor
@@ -120,7 +128,8 @@ class PackedNames:
         for name, value in moved.items():
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device, non_blocking=True)
-        moved["pairs"] = [p.to(device, non_blocking=True) for p in self.pairs]
+        for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
+            moved[name] = [p.to(device, non_blocking=True) for p in moved[name]]
         return PackedNames(**moved)
 
 
@@ -159,12 +168,18 @@ def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size
     dilations = list(dilations or tree_dilations(block_size))
     by_dilation = {}
     for d in dict.fromkeys(dilations):
-        older = torch.where(offset >= d, rows - d, 0)
-        by_dilation[d] = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]),
-                                      torch.arange(M + 1)], 1).reshape(-1)
-    pairs = [by_dilation[d] for d in dilations]  # layers of one dilation share their index
+        inner = offset >= d
+        older = torch.where(inner, rows - d, 0)
+        pair = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]), torch.arange(M + 1)], 1)
+        by_dilation[d] = (pair.reshape(-1), torch.cat([torch.ones(1), (~inner).float()]),
+                          rows[inner], rows[inner] - d)
+    # layers of one dilation share their indices
+    pairs, reads_root, inner_rows, inner_older = ([by_dilation[d][i] for d in dilations] for i in range(4))
     odd_rows = torch.nonzero(weight != 1)[:, 0]
-    return PackedNames(ids=ids, pairs=pairs, first_pairs=ids[pairs[0]], targets=flat, weight=weight,
+    first_pairs = ids[pairs[0]]
+    return PackedNames(ids=ids, pairs=pairs, first_pairs=first_pairs,
+                       reads_root=reads_root, inner_rows=inner_rows, inner_older=inner_older,
+                       targets=flat, weight=weight,
                        odd_rows=odd_rows, odd_extra=weight[odd_rows] - 1, n_names=B, n_targets=len(flat))
 
 

@@ -372,8 +372,10 @@ def markdown(results: dict) -> str:
                          f"{t['ref_speedup']:.2f}x | "
                          f"{t['batch_ms']:.2f} ms |")
     lines += ["", "Training: GFLOP/s achieved (fraction of the machine's matrix-product rate, measured in "
-              "the same race at 2,048 x 2H x H), counting 3 x the forward matrix-product FLOPs per target. "
-              "conv = the packed, fused step `wavenet train` runs; reference path = autograd on "
+              "the same race at 2,048 x 2H x H), counting 3 x the forward matrix-product FLOPs per target "
+              "(the conv's full products: where a layer takes row 0's older tap once, `layer_way`, the "
+              "step does less than it is credited with). conv = the packed, fused step `wavenet train` "
+              "runs; reference path = autograd on "
               "`pad_names` rows. MLP targets per step = positions; the conv's differ a little "
               "(whole names). Each figure is from the calmest of up to "
               f"{RACES} races, judged by the probes alone (the matrix product and 100 small operators, "
