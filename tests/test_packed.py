@@ -9,6 +9,7 @@ with ignored targets anywhere; and a short training run on each path.
 """
 
 import copy
+from dataclasses import fields
 
 import pytest
 import torch
@@ -123,15 +124,24 @@ def test_ignored_targets_anywhere(block_size, model):
     assert batch.n_targets == len(expected)
 
 
+def assert_same_packing(a, b):
+    """Every field of two `PackedNames` equal: the tensors, each layer's indices, the counts."""
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f.name
+        elif isinstance(x, list):
+            assert len(x) == len(y) and all(torch.equal(p, q) for p, q in zip(x, y)), f.name
+        else:
+            assert x == y, f.name
+
+
 def test_extra_right_padding_packs_to_the_same_batch():
     X, Y = pad_names(WORDS, VOCAB, 8)
     a = pack_padded(X, Y, 8, len(VOCAB))
     b = pack_padded(torch.cat([X, torch.zeros(len(X), 5, dtype=torch.long)], 1),
                     torch.cat([Y, torch.full((len(Y), 5), -1)], 1), 8, len(VOCAB))
-    for name in ("ids", "first_pairs", "weight", "targets"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
-    for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
-        assert all(torch.equal(p, q) for p, q in zip(getattr(a, name), getattr(b, name))), name
+    assert_same_packing(a, b)
 
 
 def test_packing_layout_by_hand():
@@ -162,10 +172,7 @@ def test_packed_name_batches_hold_the_padded_batches_names():
         X, Y = padded.next()
         b = pack_padded(X, Y, 8, len(vocab))
         assert none is None and a.n_names == len(X)
-        for name in ("ids", "first_pairs", "weight", "targets"):
-            assert torch.equal(getattr(a, name), getattr(b, name)), name
-        for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
-            assert all(torch.equal(p, q) for p, q in zip(getattr(a, name), getattr(b, name))), name
+        assert_same_packing(a, b)
 
 
 def test_packed_eval_is_the_mlp_on_every_window(vocab, names, randomize_batchnorm):

@@ -128,8 +128,8 @@ class PackedNames:
         for name, value in moved.items():
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device, non_blocking=True)
-        for name in ("pairs", "reads_root", "inner_rows", "inner_older"):
-            moved[name] = [p.to(device, non_blocking=True) for p in moved[name]]
+            elif isinstance(value, list):  # one index per layer
+                moved[name] = [p.to(device, non_blocking=True) for p in value]
         return PackedNames(**moved)
 
 
@@ -171,8 +171,8 @@ def pack(chars: torch.Tensor, lengths: torch.Tensor, block_size: int, vocab_size
         inner = offset >= d
         older = torch.where(inner, rows - d, 0)
         pair = torch.stack([torch.cat([torch.zeros(1, dtype=torch.long), older]), torch.arange(M + 1)], 1)
-        by_dilation[d] = (pair.reshape(-1), torch.cat([torch.ones(1), (~inner).float()]),
-                          rows[inner], rows[inner] - d)
+        reads_root = torch.cat([torch.ones(1), (~inner).float()])
+        by_dilation[d] = pair.reshape(-1), reads_root, rows[inner], rows[inner] - d
     # layers of one dilation share their indices
     pairs, reads_root, inner_rows, inner_older = ([by_dilation[d][i] for d in dilations] for i in range(4))
     odd_rows = torch.nonzero(weight != 1)[:, 0]
