@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int, default=1000, help="longest line accepted, in characters [1000]")
     t.add_argument("-n", "--num-samples", type=int, default=20, help="samples printed at the end [20]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--ensemble", type=int, default=None, metavar="N",
+                   help="train N models of these flags side by side, from seeds SEED, SEED + 1, ..., each "
+                   "on its share of the cores; eval, sample and score then take the mean of their "
+                   "distributions [one model]")
     t.add_argument("--dist-timeout", type=float, default=300, metavar="SECONDS",
                    help="under torchrun: how long a process waits for the others in a collective before "
                    "it stops with an error [300]")

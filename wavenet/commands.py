@@ -65,6 +65,9 @@ def train(args) -> int:
     # check: the flags, the input file and any checkpoint, before anything is written
     if args.num_samples < 0:
         raise WavenetError(f"num_samples must be 0 or more, got {args.num_samples}", param="num_samples")
+    if getattr(args, "ensemble", None) is not None:
+        from .ensemble import train_ensemble
+        return train_ensemble(args, check=lambda m: _prepare(m, resolve_device(m.device), None))
     if not args.dist_timeout > 0:
         raise WavenetError(f"dist_timeout must be a positive number of seconds, got {args.dist_timeout}",
                            param="dist_timeout")

@@ -61,13 +61,19 @@ class RunDir:
 
     def load(self, kind: str | None = None) -> dict:
         """The checkpoint, validated (see `checkpoint.load_checkpoint`)."""
+        if not self.checkpoint.exists() and (self.path / "ensemble.json").exists():
+            raise WavenetError(f"{self.path}: holds an ensemble (ensemble.json), not one checkpoint")
         if not self.checkpoint.exists():
             raise WavenetError(f"{self.path}: no checkpoint there")
         return ckpt_io.load_checkpoint(self.checkpoint, kind=kind)
 
     def load_model(self, device="cpu", weights: str = "best"):
         """(model in eval mode, vocabulary, checkpoint dict). `weights`: "best" (lowest val
-        loss of the run) or "last" (see `checkpoint.model_from_checkpoint`)."""
+        loss of the run) or "last" (see `checkpoint.model_from_checkpoint`); for an ensemble's
+        directory (ensemble.py), its `models.Ensemble` and member 1's checkpoint."""
+        from .ensemble import is_ensemble, load_ensemble
+        if not self.checkpoint.exists() and is_ensemble(self.path):
+            return load_ensemble(self.path, device, weights)
         ckpt = self.load()
         model, vocab = ckpt_io.model_from_checkpoint(ckpt, device, weights)
         return model, vocab, ckpt

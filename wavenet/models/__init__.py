@@ -5,6 +5,7 @@
     tree_fused.py  ConvWaveNet's training step on packed names, forward and backward by hand
     wavenet.py     WaveNet: the paper's gated residual network
     cache.py       RingCache: the inference state of cached generation, for both conv models
+    ensemble.py    Ensemble: trained models of one config as the mean of their distributions
     recurrent.py   LSTM and GRU: the recurrent peers
     transformer.py Transformer: the attention peer (GPT-2's block), with its KV cache
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 from ..config import config_from_record
 from ..errors import WavenetError
 from .cache import RingCache
+from .ensemble import Ensemble, EnsembleCache
 from .recurrent import GRU, LSTM, RNN, RecurrentState
 from .transformer import KVCache, Transformer
 from .tree import ConvCache, ConvWaveNet, HierarchicalMLP, kernel_to_linear, linear_to_kernel
@@ -33,9 +35,10 @@ from .wavenet import GatedBlock, WaveNet, WaveNetCache, parameter_count
 MODELS = {"mlp": HierarchicalMLP, "conv": ConvWaveNet, "wavenet": WaveNet, "lstm": LSTM, "gru": GRU,
           "transformer": Transformer}
 
-__all__ = ["GRU", "LSTM", "MODELS", "RNN", "ConvCache", "ConvWaveNet", "GatedBlock", "HierarchicalMLP",
-           "KVCache", "RecurrentState", "RingCache", "Transformer", "WaveNet", "WaveNetCache", "build_model",
-           "kernel_to_linear", "linear_to_kernel", "parameter_count"]
+__all__ = ["GRU", "LSTM", "MODELS", "RNN", "ConvCache", "ConvWaveNet", "Ensemble", "EnsembleCache",
+           "GatedBlock", "HierarchicalMLP", "KVCache", "RecurrentState", "RingCache", "Transformer",
+           "WaveNet", "WaveNetCache", "build_model", "kernel_to_linear", "linear_to_kernel",
+           "parameter_count"]
 
 
 def build_model(config, vocab_size: int | None = None, generator: torch.Generator | None = None) -> nn.Module:
