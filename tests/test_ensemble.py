@@ -13,13 +13,14 @@ import pytest
 import torch
 
 import wavenet
-from wavenet.batches import eval_batches
+from wavenet.batches import build_windows, eval_batches, pad_names
 from wavenet.errors import WavenetError
-from wavenet.evaluate import batch_nll, split_loss
+from wavenet.evaluate import batch_nll, split_loss, target_nll
 from wavenet.models import LSTM, Ensemble, HierarchicalMLP, Transformer, WaveNet
 from wavenet.models.ensemble import mean_of_distributions
 from wavenet.rundir import RunDir, load_split
 from wavenet.sample import generate, make_stepper
+from wavenet.scoring import score
 
 SMALL = {  # members of each kind, small; float64, so that the sums compare to 1e-12
     "wavenet": lambda g: WaveNet(27, n_layers=2, n_cycles=2, n_residual=8, n_skip=12, generator=g),
@@ -102,15 +103,92 @@ def test_the_window_stepper_of_a_wavenet_ensemble():
     assert window == generate(ensemble, 20, generator=torch.Generator().manual_seed(4), method="cached")
 
 
-def test_members_of_different_configs_are_refused():
+def test_layouts_and_kinds():
     g = torch.Generator().manual_seed(0)
-    with pytest.raises(WavenetError, match="one model config"):
-        Ensemble([WaveNet(27, n_residual=8, n_skip=8, generator=g), WaveNet(27, n_residual=8, n_skip=16,
-                                                                           generator=g)])
-    with pytest.raises(WavenetError, match="one model config"):
-        Ensemble([WaveNet(27, generator=g), LSTM(27, generator=g)])
+    widths = Ensemble([WaveNet(27, n_residual=8, n_skip=8, generator=g), WaveNet(27, n_residual=8, n_skip=16,
+                                                                                generator=g)])
+    assert widths.uniform and widths.kind == "wavenet", "one layout: widths may differ"
+    mixed = Ensemble([WaveNet(27, generator=g), LSTM(27, generator=g)])
+    assert not mixed.uniform and mixed.kind == "mixed" and mixed.kinds == ["wavenet", "lstm"]
+    cycles = Ensemble([WaveNet(27, n_cycles=2, generator=g), WaveNet(27, n_cycles=3, generator=g)])
+    assert cycles.kind == "mixed", "other dilations: other packed batches"
+    with pytest.raises(WavenetError, match="no one batch layout"):
+        mixed(torch.zeros(2, 30, dtype=torch.long))
+    with pytest.raises(WavenetError, match="with a cache"):
+        Ensemble([WaveNet(27, generator=g), HierarchicalMLP(27, generator=g)])
+    with pytest.raises(WavenetError, match="one vocabulary"):
+        Ensemble([WaveNet(27, generator=g), WaveNet(28, generator=g)])
     with pytest.raises(WavenetError, match="at least one"):
         Ensemble([])
+    for method in ("window", "full"):
+        with pytest.raises(WavenetError, match="not available"):
+            make_stepper(mixed, 2, "cpu", method)
+
+
+def _by_hand(model, words, vocab):
+    """Every target's loss from `pad_names` rows, word after word, position by position: the
+    order `target_nll` promises, computed without it."""
+    out = []
+    with torch.no_grad():
+        for w in words:
+            X, Y = pad_names([w], vocab, model.block_size)
+            logp = torch.log_softmax(model(X)[0], -1)[0]  # (T, V)
+            out.append(-logp[torch.arange(len(w) + 1), Y[0, :len(w) + 1]])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("kind", ["wavenet", "lstm", "transformer", "mlp"])
+def test_target_nll_is_word_by_word_in_position_order(kind, vocab, names):
+    [m] = members(kind, 1)
+    words = names[1000:1200]  # lengths mixed, so the peers' length-sorted batches reorder them
+    if kind == "mlp":
+        X, Y = build_windows(words, vocab, m.block_size)  # windows are already in word, position order
+        with torch.no_grad():
+            want = -torch.log_softmax(m(X)[0], -1)[torch.arange(len(Y)), Y]
+    else:
+        want = _by_hand(m, words, vocab)
+    torch.testing.assert_close(target_nll(m, words, vocab), want, rtol=0, atol=1e-12)
+
+
+def test_an_ensemble_of_three_kinds(vocab, names):
+    """WaveNet + LSTM + Transformer: each target's probability is the mean of the members'
+    (each from its own padded rows); the split loss, each word's score and cached sampling
+    (against each member's full recomputation, mixed by hand) follow it."""
+    words = names[2000:2150]
+    ms = [members(kind, 1)[0] for kind in ("wavenet", "lstm", "transformer")]
+    ensemble = Ensemble(ms)
+    p = torch.stack([torch.exp(-_by_hand(m, words, vocab)) for m in ms]).mean(0)
+    want = -torch.log(p)
+    torch.testing.assert_close(target_nll(ensemble, words, vocab), want, rtol=0, atol=1e-12)
+    assert split_loss(ensemble, words, vocab) == pytest.approx(want.mean().item(), abs=1e-12)
+    ends = torch.cumsum(torch.tensor([len(w) + 1 for w in words]), 0)
+    per_word = [-x.sum().item() for x in torch.tensor_split(want, ends[:-1])]
+    assert [s.log_likelihood for s in score(ensemble, vocab, words)] == pytest.approx(per_word, abs=1e-10)
+    cached = make_stepper(ensemble, 3, "cpu", "cached")
+    fulls = [make_stepper(m, 3, "cpu", "full") for m in ms]
+    with torch.no_grad():
+        for ix in torch.tensor([[5, 1, 14], [9, 2, 3], [26, 26, 2], [1, 2, 3]]):
+            want = mean_of_distributions([f.logits() for f in fulls])
+            torch.testing.assert_close(cached.logits(), want, rtol=0, atol=1e-12)
+            cached.push(ix)
+            for f in fulls:
+                f.push(ix)
+    assert len(generate(ensemble, 5, generator=torch.Generator().manual_seed(0))) == 5
+    too_long = "a" * (ms[2].n_positions + 3)
+    assert "this ensemble reads" in score(ensemble, vocab, [too_long])[0].error
+
+
+def test_one_layout_two_paths(vocab, names):
+    """A one-layout ensemble's batched forward gives the same split loss as the target by
+    target path that `split_loss` takes for every ensemble."""
+    ensemble = Ensemble(members("wavenet", 2))
+    words = names[:400]
+    total = count = 0
+    with torch.no_grad():
+        for X, Y in eval_batches(ensemble, words, vocab):
+            nll = batch_nll(ensemble, X, Y, "cpu")
+            total, count = total + nll.sum().item(), count + len(nll)
+    assert split_loss(ensemble, words, vocab) == pytest.approx(total / count, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -248,3 +326,47 @@ def test_members_whose_parent_is_killed_save_and_stop(tmp_path, tiny_file):
     for k in (1, 2):
         assert "interrupted at step" in (work / f"member-{k}" / "train.log").read_text()
         assert RunDir(work / f"member-{k}").load()["step"] >= 10
+
+
+def test_wavenet_ensemble_joins_runs_of_any_kinds(tmp_path, tiny_file, cli, one_line_error):
+    runs = {}
+    short = ["--max-steps", "10", "--eval-interval", "10", "--batch-size", "8", "--no-progress", "-n", "0"]
+    for kind, flags in [("wavenet", ["--n-residual", "8", "--n-skip", "8", "--n-cycles", "1"]),
+                        ("lstm", ["--n-embd", "8", "--n-hidden", "8"]),
+                        ("mlp", ["--n-embd", "4", "--n-hidden", "8"])]:
+        runs[kind] = tmp_path / kind
+        code, _, err = cli("train", "-i", tiny_file, "-o", runs[kind], "--model", kind, *flags, *short)
+        assert code == 0, err
+    work = tmp_path / "deeper" / "joined"
+    code, out, err = cli("ensemble", "-o", work, runs["wavenet"], runs["lstm"])
+    assert code == 0, err
+    assert json.loads((work / "ensemble.json").read_text())["members"] == ["../../wavenet", "../../lstm"]
+    model, vocab = wavenet.load(work)
+    assert model.kinds == ["wavenet", "lstm"]
+    val = split_loss(model, load_split(RunDir(runs["lstm"]).load()["data"])[1], vocab)
+    assert f"ensemble val loss {val:.4f}" in out and "(wavenet, lstm)" in out
+    code, out, err = cli("eval", "-o", work, "--splits", "val")
+    assert code == 0 and f"val         loss {val:.4f}" in out, err
+    code, out, err = cli("sample", "-o", work, "-n", "3", "--seed", "0")
+    assert code == 0 and len(out.strip().splitlines()) == 3, err
+    assert cli("score", "-o", work, tiny_file)[0] == 0
+
+    other = tmp_path / "other.txt"
+    other.write_text(tiny_file.read_text() + "zed\n")
+    code, _, err = cli("train", "-i", other, "-o", tmp_path / "elsewhere", "--model", "lstm", "--n-embd", "8",
+                       "--n-hidden", "8", *short)
+    assert code == 0, err
+    for argv, message in [
+        ([tmp_path / "new", runs["wavenet"], tmp_path / "elsewhere"], "trained on another data file"),
+        ([tmp_path / "new", runs["wavenet"], runs["mlp"]], "need members that sample with a cache"),
+        ([tmp_path / "new", runs["wavenet"], runs["wavenet"]], "a run is named twice"),
+        ([tmp_path / "new", runs["wavenet"], tmp_path / "nothing"], "no checkpoint there"),
+        ([tmp_path / "new", work], "is an ensemble itself"),
+        ([work, runs["wavenet"]], "holds a run already"),
+        ([runs["lstm"], runs["wavenet"]], "holds a run already"),
+    ]:
+        one_line_error(*cli("ensemble", "-o", *argv)[::2], message)
+    assert not (tmp_path / "new").exists(), "nothing written for a refused ensemble"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ensemble.json").write_text("{not json")
+    one_line_error(*cli("eval", "-o", tmp_path / "broken")[::2], "ensemble.json: unreadable")

@@ -1,4 +1,4 @@
-"""The command line: `wavenet train | sample | eval | score | convert | bench`.
+"""The command line: `wavenet train | sample | eval | score | ensemble | convert | bench`.
 
 The model and training flags are made from the config dataclasses (config.py): one flag
 per field, its help text from the field, its default shown per model kind. Every user
@@ -19,7 +19,7 @@ from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, WavenetError
 
 # Library parameter -> the flag that sets it, where the two are not simply `--name-with-dashes`.
 FLAGS = {"num": "-n/--num-samples", "num_samples": "-n/--num-samples", "work_dir": "-o/--work-dir",
-         "input_file": "-i/--input-file", "kind": "--model", "into": "--into"}
+         "input_file": "-i/--input-file", "kind": "--model", "into": "--into", "runs": "RUN"}
 PARSERS = {"int": int, "float": float, "str": str}
 
 
@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (s, e, sc):
         sp.add_argument("--weights", choices=["best", "last"], default="best", help="the run's weights "
                         "with the best val loss, or the last (where training stopped) [best]")
+
+    en = sub.add_parser("ensemble", help="join trained runs (any kinds, one data file) into one model: "
+                        "eval, sample and score then take the mean of their distributions")
+    en.add_argument("-o", "--work-dir", required=True, help="the ensemble's new directory (ensemble.json)")
+    en.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
+    en.add_argument("runs", nargs="+", metavar="RUN", help="run directories, each of one trained model")
+    en.add_argument("-i", "--input-file", default=None, help=data_help)
 
     c = sub.add_parser("convert",
                        help="turn the MLP checkpoint in --work-dir into an equivalent conv checkpoint")

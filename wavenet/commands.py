@@ -503,6 +503,21 @@ def score(args) -> int:
     return EXIT_OK
 
 
+def ensemble(args) -> int:
+    """Join trained runs into one model (ensemble.py): write DIR/ensemble.json, then the val
+    loss of each member and of the ensemble."""
+    from .ensemble import join
+    device = resolve_device(args.device)
+    model, vocab, ckpt = join(args.work_dir, args.runs, device)
+    val_words = load_split(ckpt["data"], args.input_file)[1]
+    print(f"wrote {Path(args.work_dir) / 'ensemble.json'}: {len(model)} members ({', '.join(model.kinds)})")
+    for run, member in zip(args.runs, model.members):
+        print(f"{run}: val loss {split_loss(member, val_words, vocab, device):.4f}")
+    print(f"ensemble val loss {split_loss(model, val_words, vocab, device):.4f} (the mean of the members' "
+          "distributions)")
+    return EXIT_OK
+
+
 def convert(args) -> int:
     """MLP checkpoint -> conv checkpoint with the same function (ConvWaveNet.from_mlp), from
     the MLP's best weights (its last, in a checkpoint that keeps no best)."""
@@ -571,5 +586,5 @@ def bench(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "score": score, "convert": convert,
-            "bench": bench}
+COMMANDS = {"train": train, "sample": sample, "eval": evaluate, "score": score, "ensemble": ensemble,
+            "convert": convert, "bench": bench}

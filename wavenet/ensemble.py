@@ -1,7 +1,9 @@
-"""`wavenet train --ensemble N`: N models of one recipe trained side by side, one process
-each on its share of the CPU cores, and the run directory that holds them.
+"""Ensembles on disk: `wavenet train --ensemble N` (N models of one recipe trained side by
+side, one process each on its share of the CPU cores), `wavenet ensemble -o DIR RUN...`
+(trained runs of any kinds joined), and the directory that holds either.
 
-    DIR/ensemble.json    {"format": "wavenet-ensemble", "members": ["member-1", ...]}
+    DIR/ensemble.json    {"format": "wavenet-ensemble", "members": ["member-1", ...]}: the
+                         members' run directories, relative to DIR
     DIR/member-K/        an ordinary run directory (rundir.py): member K's checkpoint,
                          metrics and loss curve, and train.log, its process's output
     DIR/.lock            held by the process that runs the members
@@ -47,30 +49,66 @@ def member_dirs(path) -> list[Path]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WavenetError(f"{path / FILE}: unreadable ({getattr(e, 'strerror', None) or e})") from None
     names = record.get("members") if isinstance(record, dict) and record.get("format") == FORMAT else None
-    if not isinstance(names, list) or not names or not all(
-            isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise WavenetError(f"{path / FILE}: not a wavenet ensemble record")
-    return [path / n for n in names]
+    dirs = [path / n for n in names]  # relative to DIR (an absolute one stays as it is)
+    for d in dirs:
+        if d.resolve() == path.resolve():
+            raise WavenetError(f"{path / FILE}: names its own directory as a member")
+    return dirs
 
 
 def load_ensemble(path, device="cpu", weights: str = "best"):
     """(models.Ensemble in eval mode, vocabulary, member 1's checkpoint with `members`: N)."""
+    return _load(member_dirs(path), device, weights)
+
+
+def _load(dirs: list[Path], device, weights: str):
     from .models.ensemble import Ensemble
     from .rundir import RunDir
     models, first = [], None
-    for member in member_dirs(path):
+    for member in dirs:
+        if is_ensemble(member):
+            raise WavenetError(f"{member}: is an ensemble itself; name its members instead")
         if not (member / RunDir.CHECKPOINT).exists():
             raise WavenetError(f"{member}: no checkpoint there (has this member trained yet?)")
         model, vocab, ckpt = RunDir(member).load_model(device, weights)
         if first is None:
             first = (vocab, ckpt)
         elif ckpt["data"]["sha256"] != first[1]["data"]["sha256"] or vocab != first[0]:
-            raise WavenetError(f"{member}: trained on other data than {member_dirs(path)[0]}")
-        elif ckpt["model_config"] != first[1]["model_config"]:
-            raise WavenetError(f"{member}: another model config than {member_dirs(path)[0]}")
+            raise WavenetError(f"{member}: trained on another data file than {dirs[0]}")
         models.append(model)
     vocab, ckpt = first
     return Ensemble(models).to(device).eval(), vocab, {**ckpt, "members": len(models)}
+
+
+def join(work_dir, runs: list, device="cpu"):
+    """`wavenet ensemble -o DIR RUN...`: DIR/ensemble.json naming trained runs (any kinds with
+    a cache, one data file), each by its path relative to DIR, so the two move together. The
+    runs are loaded and checked before anything is written. Returns `load_ensemble`'s."""
+    from .rundir import RunDir
+    path = Path(work_dir)
+    if not runs:
+        raise WavenetError("ensemble needs at least one run directory", param="runs")
+    if path.exists() and not path.is_dir():
+        raise WavenetError(f"work_dir {path}: exists and is not a directory", param="work_dir")
+    if (path / RunDir.CHECKPOINT).exists() or is_ensemble(path):
+        raise WavenetError(f"{path}: holds a run already: choose another work_dir", param="work_dir")
+    dirs = [Path(r) for r in runs]
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise WavenetError("ensemble: a run is named twice", param="runs")
+    if any(d.resolve() == path.resolve() for d in dirs):
+        raise WavenetError(f"{path}: a member cannot be the ensemble's own directory", param="work_dir")
+    loaded = _load(dirs, device, "best")  # every check, before anything is written
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WavenetError(f"work_dir {path}: cannot create it ({e.strerror})", param="work_dir") from None
+    names = [os.path.relpath(d.resolve(), path.resolve()) for d in dirs]
+    record = json.dumps({"format": FORMAT, "members": names}, indent=1) + "\n"
+    with RunDir(path)._writing(path / FILE):
+        ckpt_io.write_atomic(path / FILE, record.encode("utf-8"))
+    return loaded
 
 
 # ---------------------------------------------------------------------- training
@@ -118,8 +156,9 @@ def train_ensemble(args, check) -> int:
         check(m)  # flags, input file, each member's checkpoint on resume: one line, nothing written
     root.create(resume=True)  # the directory and its lock; no checkpoint of its own
     if not args.resume:
-        ckpt_io.write_atomic(root.path / FILE, (json.dumps({"format": FORMAT, "members": names}, indent=1)
-                                                + "\n").encode("utf-8"))
+        with root._writing(root.path / FILE):
+            ckpt_io.write_atomic(root.path / FILE, (json.dumps({"format": FORMAT, "members": names}, indent=1)
+                                                    + "\n").encode("utf-8"))
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     plan = shares(n, cpus, torch.get_num_threads())
     for m in members:

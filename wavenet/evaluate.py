@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from . import distributed
-from .batches import PackedNames, eval_batches
+from .batches import PackedNames, eval_batches, indexed_eval_batches
 from .data import Vocab
 
 TRAIN_SAMPLE = 50_000  # names: above this, the reported train loss is over a seeded sample
@@ -50,6 +50,29 @@ def batch_nll(model, X, Y, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def target_nll(model, words: Sequence[str], vocab: Vocab, device="cpu") -> torch.Tensor:
+    """The loss (float64, on the CPU) of every target of `words`, in one order for every
+    kind: word by word, and in each word position by position (n = sum(len(w) + 1)). Eval
+    mode. An ensemble's: the -log of its members' mean probability of each target, whatever
+    their kinds (models/ensemble.py)."""
+    from .models.ensemble import Ensemble, mean_of_probabilities
+    if not words:
+        return torch.zeros(0, dtype=torch.float64)
+    if isinstance(model, Ensemble):
+        return mean_of_probabilities([target_nll(m, words, vocab, device) for m in model.members])
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [(word, batch_nll(model, X, Y, device).cpu())
+                 for X, Y, word in indexed_eval_batches(model, words, vocab)]
+    finally:
+        model.train(was_training)
+    word = torch.cat([w for w, _ in parts])
+    nll = torch.cat([x for _, x in parts])
+    return nll[torch.sort(word, stable=True).indices]  # each word's targets keep their order
+
+
+@torch.no_grad()
 def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=None,
                sharded: bool = False) -> float:
     """Mean cross-entropy per target over all of `words`, in eval mode. `batches`: the
@@ -57,6 +80,9 @@ def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=
     `sharded` (under torchrun, a collective: every rank must call it): each rank scores every
     N-th batch and the sums of losses and target counts are added up across ranks; `batches`
     then holds this rank's share already (`shard_batches`)."""
+    from .models.ensemble import Ensemble
+    if isinstance(model, Ensemble):  # target by target: its members may take different batches
+        return target_nll(model, words, vocab, device).mean().item()
     group = distributed.active() if sharded else None
     if batches is None:
         batches = eval_batches(model, words, vocab)

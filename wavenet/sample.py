@@ -67,12 +67,14 @@ STEPPERS = {"window": WindowStepper, "full": FullStepper, "cached": CachedSteppe
 def make_stepper(model, num: int, device, method: str = "auto"):
     """'auto': the MLP on its window, every other model with its cache. 'window' works for
     the models with a receptive field (mlp, conv, wavenet: a conv on exactly block_size
-    ids); 'full' and 'cached' for every model but the MLP."""
+    ids); 'full' and 'cached' for every model but the MLP; an ensemble of several kinds
+    samples with its members' caches only."""
     if method == "auto":
         method = "window" if model.kind == "mlp" else "cached"
     windowless = model.kind in PEERS  # no receptive field: a window of block_size ids is not the model
     if method not in STEPPERS or (method != "window" and model.kind == "mlp") or (method == "window"
-                                                                                  and windowless):
+                                                                                  and windowless) or (
+            model.kind == "mixed" and method != "cached"):  # members of several kinds: each its cache
         raise WavenetError(f"sampling method '{method}' is not available for a '{model.kind}' model")
     return STEPPERS[method](model, num, device)
 

@@ -22,7 +22,8 @@ import torch
 
 from .batches import EVAL_POSITIONS, indexed_eval_batches
 from .data import Vocab
-from .evaluate import batch_nll
+from .evaluate import batch_nll, target_nll
+from .models.ensemble import Ensemble
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ def unscorable(model, vocab: Vocab, word: str) -> str | None:
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         return f"not in the model's vocabulary: {shown}"
-    if model.kind == "transformer" and len(word) + 1 > model.config.n_positions:
-        return (f"{len(word):,} characters, more than the {model.config.n_positions - 1:,} this "
-                "transformer reads")
+    positions = getattr(model, "n_positions", None)  # a transformer's, or an ensemble holding one
+    if positions is not None and len(word) + 1 > positions:
+        return (f"{len(word):,} characters, more than the {positions - 1:,} this "
+                f"{'transformer' if model.kind == 'transformer' else 'ensemble'} reads")
     return None
 
 
@@ -70,13 +72,19 @@ def score(model, vocab: Vocab, words: Sequence[str], device=None,
     errors = [unscorable(model, vocab, w) for w in words]
     good = [i for i, e in enumerate(errors) if e is None]
     totals = torch.zeros(len(good), dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for X, Y, word in indexed_eval_batches(model, [words[i] for i in good], vocab, max_positions):
-            totals.index_add_(0, word, batch_nll(model, X, Y, device).cpu())
-    finally:
-        model.train(was_training)
+    if isinstance(model, Ensemble):  # target by target, word after word (evaluate.target_nll)
+        kept = [words[i] for i in good]
+        word = torch.arange(len(kept)).repeat_interleave(torch.tensor([len(w) + 1 for w in kept],
+                                                                      dtype=torch.long))
+        totals.index_add_(0, word, target_nll(model, kept, vocab, device))
+    else:
+        was_training = model.training
+        model.eval()
+        try:
+            for X, Y, word in indexed_eval_batches(model, [words[i] for i in good], vocab, max_positions):
+                totals.index_add_(0, word, batch_nll(model, X, Y, device).cpu())
+        finally:
+            model.train(was_training)
     out, scored = [], iter(totals.tolist())
     for w, e in zip(words, errors):
         ll = None if e is not None else -next(scored)
