@@ -358,7 +358,7 @@ def test_wavenet_ensemble_joins_runs_of_any_kinds(tmp_path, tiny_file, cli, one_
     assert code == 0, err
     for argv, message in [
         ([tmp_path / "new", runs["wavenet"], tmp_path / "elsewhere"], "trained on another data file"),
-        ([tmp_path / "new", runs["wavenet"], runs["mlp"]], "need members that sample with a cache"),
+        ([tmp_path / "new", runs["wavenet"], runs["mlp"]], "needs members that sample with a cache"),
         ([tmp_path / "new", runs["wavenet"], runs["wavenet"]], "a run is named twice"),
         ([tmp_path / "new", runs["wavenet"], tmp_path / "nothing"], "no checkpoint there"),
         ([tmp_path / "new", work], "is an ensemble itself"),

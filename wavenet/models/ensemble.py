@@ -61,10 +61,10 @@ class Ensemble(nn.Module):
         super().__init__()
         members = list(members)
         if not members:
-            raise WavenetError("an ensemble needs at least one member", param="members")
+            raise WavenetError("an ensemble needs at least one member")
         first = members[0]
         if any(m.vocab_size != first.vocab_size for m in members):
-            raise WavenetError("ensemble members must share one vocabulary", param="members")
+            raise WavenetError("ensemble members must share one vocabulary")
         self.members = nn.ModuleList(members)
         self.vocab_size = first.vocab_size
         self.uniform = all(layout(m) == layout(first) for m in members)
@@ -76,7 +76,7 @@ class Ensemble(nn.Module):
         else:
             if any(not hasattr(m, "new_cache") for m in members):
                 raise WavenetError("an ensemble of several kinds needs members that sample with a cache "
-                                   "(not mlp)", param="members")
+                                   "(not mlp)")
             self.kind, self.block_size = "mixed", max(m.block_size for m in members)
         positions = [m.n_positions for m in members if hasattr(m, "n_positions")]
         if positions:
