@@ -79,7 +79,8 @@ def split_loss(model, words: Sequence[str], vocab: Vocab, device="cpu", batches=
     `eval_batches` of those words, when the caller keeps them for repeated evaluation.
     `sharded` (under torchrun, a collective: every rank must call it): each rank scores every
     N-th batch and the sums of losses and target counts are added up across ranks; `batches`
-    then holds this rank's share already (`shard_batches`)."""
+    then holds this rank's share already (`shard_batches`). An ensemble is scored target by
+    target (`target_nll`): neither `batches` nor `sharded` applies to it."""
     from .models.ensemble import Ensemble
     if isinstance(model, Ensemble):  # target by target: its members may take different batches
         return target_nll(model, words, vocab, device).mean().item()
