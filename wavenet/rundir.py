@@ -61,7 +61,8 @@ class RunDir:
 
     def load(self, kind: str | None = None) -> dict:
         """The checkpoint, validated (see `checkpoint.load_checkpoint`)."""
-        if not self.checkpoint.exists() and (self.path / "ensemble.json").exists():
+        from .ensemble import is_ensemble
+        if not self.checkpoint.exists() and is_ensemble(self.path):
             raise WavenetError(f"{self.path}: holds an ensemble (ensemble.json), not one checkpoint")
         if not self.checkpoint.exists():
             raise WavenetError(f"{self.path}: no checkpoint there")

@@ -5,7 +5,7 @@
     tree_fused.py  ConvWaveNet's training step on packed names, forward and backward by hand
     wavenet.py     WaveNet: the paper's gated residual network
     cache.py       RingCache: the inference state of cached generation, for both conv models
-    ensemble.py    Ensemble: trained models of one config as the mean of their distributions
+    ensemble.py    Ensemble: trained models (one kind or several) as the mean of their distributions
     recurrent.py   LSTM and GRU: the recurrent peers
     transformer.py Transformer: the attention peer (GPT-2's block), with its KV cache
 
