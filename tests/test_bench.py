@@ -31,7 +31,7 @@ def test_forward_flops_of_every_kind_from_layer_shapes():
     from wavenet.models import build_model
     flops = {k: forward_flops(build_model(model_config(k), 27))
              for k in ("wavenet", "lstm", "gru", "transformer")}
-    C, S = 128, 256  # 9 blocks of conv 2C -> 2C and 1x1 C -> C + S (the last: C -> S), then S -> 27
+    C, S = 128, 384  # 9 blocks of conv 2C -> 2C and 1x1 C -> C + S (the last: C -> S), then S -> 27
     assert flops["wavenet"] == 2 * (9 * 2 * C * 2 * C + 8 * C * (C + S) + C * S + S * 27)
     paper = forward_flops(build_model(model_config("wavenet", head_layers=2), 27))  # and S -> S before it
     assert paper == flops["wavenet"] + 2 * S * S

@@ -80,7 +80,7 @@ def test_cli_help_shows_each_kinds_defaults_from_the_configs():
     assert (f"[conv {RECIPES['conv'].max_steps}, mlp {RECIPES['mlp'].max_steps}, "
             f"wavenet {RECIPES['wavenet'].max_steps}, lstm {RECIPES['lstm'].max_steps}, "
             f"gru {RECIPES['gru'].max_steps}, transformer {RECIPES['transformer'].max_steps}]") in text
-    assert "dropout probability in training [wavenet 0.15, lstm 0.45, gru 0.45, transformer 0.2]" in text
+    assert "dropout probability in training [wavenet 0.1, lstm 0.45, gru 0.45, transformer 0.2]" in text
     # one field, two meanings: each with its kinds
     assert ("wavenet: blocks per dilation cycle (dilations 1, 2, 4, ...); lstm, gru, transformer: layers "
             "[wavenet 3, lstm 2, gru 2, transformer 4]") in text

@@ -224,3 +224,34 @@ def test_the_train_loss_of_a_big_split_is_a_seeded_sample_said_so(tmp_path, tiny
     assert rows["train"].endswith("20 names of 28: a seeded sample)")
     assert line.split()[2] == rows["train"].split()[2]  # the same names scored, the same weights
     assert rows["val"].endswith(", 3 names)") and rows["test"].endswith(", 4 names)")
+
+
+def test_plain_sgd_is_torch_sgd_bit_for_bit_and_loads_its_state():
+    """make_optimizer's "sgd" (PlainSGD) against torch.optim.SGD (foreach, no momentum) on a
+    ConvWaveNet's packed training steps: the same weights after every step, to the last bit,
+    with a parameter left without a gradient; each loads the other's state_dict."""
+    from wavenet.train import PlainSGD, make_optimizer
+
+    models = [ConvWaveNet(len(VOCAB), 8, 6, 16, generator=torch.Generator().manual_seed(0)).train()
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = make_optimizer(models[0], TrainConfig(learning_rate=0.3))
+    theirs = torch.optim.SGD(models[1].parameters(), lr=0.3, foreach=True)
+    assert isinstance(ours, PlainSGD)
+    batches = NameBatches(WORDS, VOCAB, 8, 4, seed=1)
+    for step in range(5):
+        batch, _ = batches.next()
+        for m, opt in zip(models, (ours, theirs)):
+            opt.param_groups[0]["lr"] = 0.3 / (1 + step)
+            opt.zero_grad(set_to_none=True)
+            m(batch)[1].backward()
+            m.head.bias.grad = None  # a parameter without a gradient this step stays where it is
+            opt.step()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            assert torch.equal(a, b)
+    assert any(p.grad is not None for p in models[0].parameters())
+    ours.zero_grad()
+    assert all(p.grad is None for p in models[0].parameters())
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"] == 0.3 / 5
