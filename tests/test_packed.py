@@ -5,7 +5,9 @@ tests/test_equivalence.py tie it to the lecture's MLP) against `ConvWaveNet(Pack
 (in training the fused step, forward and backward by hand, wavenet/models/tree_fused.py; in
 eval the layer body on packed rows): loss, every gradient, BatchNorm's running statistics,
 the log-probabilities of every target, in float64 and float32, in training and eval mode,
-with ignored targets anywhere; and a short training run on each path.
+with ignored targets anywhere; and a short training run on each path. Every test runs twice:
+the fused step's BatchNorm in C (models/bn_tanh.c, where a C compiler is found) and by torch
+operators (the fallback).
 """
 
 import copy
@@ -16,12 +18,25 @@ import torch
 
 from wavenet.batches import NameBatches, build_windows, pack, pack_padded, packed_rows, pad_names
 from wavenet.data import Vocab
-from wavenet.models import ConvWaveNet, HierarchicalMLP, tree_fused
+from wavenet.models import ConvWaveNet, HierarchicalMLP, native, tree_fused
 
 WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "charlotte", "amelia", "jo", "x",
          "bartholomew", "zo"]
 VOCAB = Vocab.from_words(WORDS)
 TOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+@pytest.fixture(params=["C", "torch"], autouse=True)
+def norm_path(request, monkeypatch):
+    """Which way the fused step takes BatchNorm: "C" fails where a compiler exists and the
+    kernels do not build (skips only where there is no compiler), "torch" turns them off."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "kernels", lambda like: None)
+    elif native.library() is None:
+        if "no C compiler" in native.status():
+            pytest.skip(native.status())
+        pytest.fail(native.status())
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from .batches import NameBatches, build_windows, eval_batches
 from .config import MLPConfig, TrainConfig, check_block_size
 from .data import Vocab, split_words
 from .errors import WavenetError
-from .models import ConvWaveNet, build_model
+from .models import ConvWaveNet, build_model, native
 from .sample import generate
 from .train import make_optimizer
 
@@ -334,8 +334,10 @@ def machine(device: str) -> dict:
     if _git("status", "--porcelain", "--untracked-files=no", "--", "."):
         commit += "-dirty"  # the measured code (this package) differs from the commit
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    conv_norm = native.status() if device == "cpu" else "torch operators (CUDA)"  # the conv step's BatchNorm
     return dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), cpu=cpu, gpu=gpu,
-                threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, device=device)
+                threads=torch.get_num_threads(), torch=torch.__version__, commit=commit, device=device,
+                conv_norm=conv_norm)
 
 
 def _git(*args) -> str:
@@ -375,7 +377,8 @@ def markdown(results: dict) -> str:
               "the same race at 2,048 x 2H x H), counting 3 x the forward matrix-product FLOPs per target "
               "(the conv's full products: where a layer takes row 0's older tap once, `layer_way`, the "
               "step does less than it is credited with). conv = the packed, fused step `wavenet train` "
-              "runs; reference path = autograd on "
+              f"runs (its BatchNorm by {results['machine'].get('conv_norm', 'torch operators')}); "
+              "reference path = autograd on "
               "`pad_names` rows. MLP targets per step = positions; the conv's differ a little "
               "(whole names). Each figure is from the calmest of up to "
               f"{RACES} races, judged by the probes alone (the matrix product and 100 small operators, "

