@@ -49,7 +49,9 @@ class FusedTree(torch.autograd.Function):
         saved, stats, x, ways = [], [], None, []
         direct = tanh_kind(wte.device) == "tanh"
         minus_one = None if direct else wte.new_full((), -1.0)
-        kern = native.kernels(wte) if group is None else None  # (forward, backward) in C, or None
+        # (forward, backward) in C, or None; the C reads every tensor as wte's dtype
+        same = all(t.dtype == wte.dtype for t in layer_params)
+        kern = native.kernels(wte) if group is None and same else None
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
             W = kernel_matrix(kernel)  # (H, 2C): [tap at t - d | tap at t], a view
@@ -195,6 +197,7 @@ def native_norm_tanh(forward, h, w, N, eps, gamma, beta, minus_one):
     rstd), xhat in h's storage, as the torch operators of `FusedTree.forward` compute them
     (minus_one None: tanh; else 2 sigmoid(2a) - 1, the C scaling beta and gamma by 2)."""
     R, H = h.shape
+    assert h.is_contiguous()  # a product's output: written in place, row by row
     a, stats = torch.empty_like(h), h.new_empty(3, H)  # stats: mean, var, rstd
     gamma, beta = gamma.contiguous(), beta.contiguous()
     forward(R, H, w.data_ptr(), N, N - 1, eps, 1.0 if minus_one is None else 2.0, h.data_ptr(),
@@ -206,6 +209,7 @@ def native_norm_tanh(forward, h, w, N, eps, gamma, beta, minus_one):
 def native_norm_tanh_backward(backward, dx, y, xhat, gamma, rstd, w, N):
     """(dh, dgamma, dbeta) from d loss / d x (R, H) by bn_tanh.c, dh in dx's storage."""
     R, H = dx.shape
+    dx = dx.contiguous()  # (it is: a product's output or a scatter's)
     grads, work = dx.new_empty(2, H), dx.new_empty(3, H)
     backward(R, H, w.data_ptr(), N, N - 1, dx.data_ptr(), y.data_ptr(), xhat.data_ptr(),
              gamma.contiguous().data_ptr(), rstd.data_ptr(), grads[0].data_ptr(), grads[1].data_ptr(),
