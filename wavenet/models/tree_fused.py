@@ -42,7 +42,6 @@ class FusedTree(torch.autograd.Function):
     def forward(ctx, batch, norms, wte, head_w, head_b, *layer_params):
         R, N = len(batch.ids), float(batch.n_targets)
         w = batch.weight.to(wte.dtype)
-        w_mean, w_var = w / N, w / (N - 1)  # the weighted mean and the unbiased variance, as dot products
         group = distributed.active()  # under torchrun: statistics of all ranks' rows
         N_bn = N if group is None else float(batch.n_group_targets or
                                              distributed.all_reduce_(w.new_tensor([N], dtype=torch.float64)))
@@ -52,6 +51,8 @@ class FusedTree(torch.autograd.Function):
         # (forward, backward) in C, or None; the C reads every tensor as wte's dtype
         same = all(t.dtype == wte.dtype for t in layer_params)
         kern = native.kernels(wte) if group is None and same else None
+        if kern is None:  # the weighted mean and the unbiased variance, as dot products
+            w_mean, w_var = w / N, w / (N - 1)
         for level, norm in enumerate(norms):
             kernel, gamma, beta = layer_params[3 * level: 3 * level + 3]
             W = kernel_matrix(kernel)  # (H, 2C): [tap at t - d | tap at t], a view
