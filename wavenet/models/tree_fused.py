@@ -35,7 +35,7 @@ class FusedTree(torch.autograd.Function):
     Under torchrun, N and both sums are the global batch's (all ranks'), as in the statistics.
     The running statistics move as `layers.BatchNorm` moves them. On the CPU in one process,
     a layer's BatchNorm forward and backward are one C call each (bn_tanh.c, native.py: the same
-    formulas, the same order of sums over rows; 1.21-1.26x faster a step at 256 positions), where
+    formulas, the same order of sums over rows; a step about 1.2x faster at 256 positions), where
     its library builds; the torch operators otherwise (and on CUDA, and under torchrun)."""
 
     @staticmethod
