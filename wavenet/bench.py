@@ -322,14 +322,7 @@ def run(names: list[str], cfg: BenchConfig, log=print) -> dict:
 # ----------------------------------------------------------------------------- reporting
 
 def machine(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = native.cpuinfo().get("model name") or platform.processor() or platform.machine()
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     if _git("status", "--porcelain", "--untracked-files=no", "--", "."):
         commit += "-dirty"  # the measured code (this package) differs from the commit

@@ -40,20 +40,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WAVENET_CACHE") or Path.home() / ".cache" / "wavenet")
 
 
-def cpu_key() -> str:
-    """What -march=native compiles for: the CPU's model and feature flags (a home directory
-    shared by different machines gets one library per kind of CPU)."""
-    lines = []
+@functools.cache
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("vendor_id", "model name", "flags", ...),
+    or {} where there is no such file."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "flags", "Features", "CPU part")):
-                    lines.append(line)
-                if line.strip() == "":
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        lines.append(platform.processor())
-    return platform.machine() + "".join(lines)
+        pass
+    return fields
+
+
+def cpu_key() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags (a home directory
+    shared by different machines gets one library per kind of CPU)."""
+    info = cpuinfo()
+    found = [info[k] for k in ("model name", "flags", "Features", "CPU part") if k in info]
+    return " ".join([platform.machine(), *(found or [platform.processor()])])
 
 
 def library_path(cc: str, flags: list[str]) -> Path:
@@ -105,9 +114,8 @@ def library():
             except OSError:  # a damaged file in the cache: build it again, once
                 lib = ctypes.CDLL(str(build(cc, flags, again=True)))
         except (OSError, subprocess.SubprocessError) as e:
-            detail = getattr(e, "stderr", None)
-            detail = detail.decode(errors="replace").strip().splitlines()[:1] if detail else [str(e)]
-            errors.append(f"{' '.join(flags)}: {detail[0] if detail else e}")
+            said = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip()  # the compiler's
+            errors.append(f"{' '.join(flags)}: {said.splitlines()[0] if said else e}")
             continue
         for name, args in SIGNATURES.items():
             for suffix in SUFFIX.values():

@@ -11,7 +11,6 @@ tests/test_packed.py proves both compute the same loss, gradients and BatchNorm 
 
 from __future__ import annotations
 
-import functools
 import platform
 
 import torch
@@ -231,16 +230,11 @@ def tanh_kind(device: torch.device) -> str:
     return "tanh" if fast else "sigmoid"
 
 
-@functools.cache
 def cpu_vendor() -> str:
     """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    vendor = native.cpuinfo().get("vendor_id")
+    if vendor is not None:
+        return vendor
     return "GenuineIntel" if "GenuineIntel" in platform.processor() else ""
 
 
