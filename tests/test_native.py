@@ -2,7 +2,9 @@
 where they load, and never in the way where they do not (tests/test_packed.py proves the step
 both ways against the autograd reference)."""
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +120,18 @@ def test_a_failed_build_falls_back_and_says_why(fresh, monkeypatch, where):
 def test_only_cpu_float32_and_float64(fresh):
     assert native.kernels(torch.zeros(1, dtype=torch.bfloat16)) is None
     assert native.kernels(torch.zeros(1, dtype=torch.float16)) is None
+
+
+@pytest.mark.parametrize("shape", ["names/3@256", "cities/8@256", "names/8", "names/8@0"])
+def test_the_kernel_benchmark_names_a_bad_shape_in_one_line(shape, capsys):
+    """benchmarks/norm_kernels.py: a shape it cannot run is one line on stderr and exit 2,
+    before anything is measured."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "norm_kernels.py"
+    spec = importlib.util.spec_from_file_location("norm_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["names/8@256", shape]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"bad shape {shape!r}: expected DATA/BLOCK@POSITIONS with DATA names or fullnames, "
+                   "e.g. names/64@256\n")
