@@ -170,6 +170,78 @@ def test_the_hand_written_step_is_the_autograd_step(shape, dtype, tol, dropouts)
         torch.testing.assert_close(grads_f[name], grads[name], rtol=tol, atol=tol, msg=name)
 
 
+def _change_penalty_by_hand(m, words):
+    """TAR's penalty from first principles: each name alone, in eval mode, the head's input
+    relu(skip) at every output caught on its way into the head's dropout; the squared change
+    from each output to the one before, summed over the names' characters, over (M S)."""
+    caught = []
+    hook = m.drop.register_forward_hook(lambda mod, args, out: caught.append(args[0].detach()))
+    total, n_chars = 0.0, 0
+    with torch.no_grad():
+        for w in words:
+            X, _ = pad_names([w], VOCAB, m.block_size)
+            m.eval()(X)
+            r = caught.pop()[0]  # (len(w) + 1, S): outputs 0 .. len(w)
+            for j in range(1, len(w) + 1):
+                total += float(((r[j] - r[j - 1]) ** 2).sum())
+            n_chars += len(w)
+    hook.remove()
+    return total / (n_chars * m.config.n_skip)
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_tar_is_one_penalty_on_every_path(shape, dtype, tol):
+    """--tar: in training, the loss gains tar x the mean squared change of relu(skip) from
+    each character's position to the one before (computed here name by name, in Python);
+    the padded reference, the packed reference and the hand-written step give that loss
+    and the same gradients, each of which the penalty moves; eval mode adds nothing."""
+    tar = 0.7
+    m = make(dtype=dtype, tar=tar, **shape)
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    Y[2, 1] = Y[4, 0] = -1  # ignored targets move the cross-entropy, not the penalty
+    batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
+    penalty = _change_penalty_by_hand(m, WORDS)
+    assert penalty > 1e-3
+    m.train()
+    padded = _step(m, (X, Y))
+    m.fused = False
+    packed = _step(m, batch)
+    m.fused = True
+    fused = _step(m, batch)
+    assert fused[1].grad_fn.name() == "FusedWaveNetBackward"
+    plain = make(dtype=dtype, **shape).train()
+    without = _step(plain, (X, Y))
+    torch.testing.assert_close(padded[1], without[1] + tar * penalty, rtol=0, atol=tol)
+    for other in (packed, fused):
+        torch.testing.assert_close(other[1], padded[1], rtol=0, atol=tol)
+        for name in padded[2]:
+            torch.testing.assert_close(other[2][name], padded[2][name], rtol=tol, atol=tol, msg=name)
+    moved = [name for name in padded[2] if not torch.allclose(padded[2][name], without[2][name])]
+    after = {name for name in padded[2] if name.startswith(("head.", "hidden."))}  # read relu(skip)
+    assert set(moved) == set(padded[2]) - after
+    with torch.no_grad():
+        assert m.eval()(X, Y)[1].item() == plain.eval()(X, Y)[1].item()
+        assert m(batch)[1].item() == plain(batch)[1].item()
+
+
+@pytest.mark.parametrize("dropouts", [dict(dropout=0.4), dict(dropout=0.3, embd_dropout=0.2)])
+def test_tar_with_dropout_hand_written_step_is_autograd(dropouts):
+    """With dropout (the penalty reads relu(skip) before the head's dropout) and float64."""
+    m = make(tar=0.3, n_layers=3, n_cycles=2, head_layers=1, **dropouts).train()
+    X, Y = pad_names(WORDS, VOCAB, m.block_size)
+    batch = pack_padded(X, Y, m.block_size, len(VOCAB), m.dilations)
+    steps = []
+    for fused in (False, True):
+        m.fused = fused
+        torch.manual_seed(5)
+        steps.append(_step(m, batch))
+    (_, loss, grads), (_, loss_f, grads_f) = steps
+    torch.testing.assert_close(loss_f, loss, rtol=0, atol=1e-12)
+    for name in grads:
+        torch.testing.assert_close(grads_f[name], grads[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_under_autocast_the_training_step_is_the_reference_in_bf16():
     """--dtype bf16: the hand-written step is float32 as written, so under autocast the model
     trains through autograd, whose products autocast runs in bfloat16: the same loss as the
@@ -320,6 +392,9 @@ def test_recipe_mistakes(given, message):
     (dict(embd_dropout=-0.1), "embd_dropout must be at least 0 and below 1"),
     (dict(n_cycles=0), "n_cycles must be at least 1"),
     (dict(head_layers=3), "head_layers must be 1 or 2, got 3"),
+    (dict(tar=-0.1), "tar must be a finite number at least 0, got -0.1"),
+    (dict(tar=math.inf), "tar must be a finite number at least 0, got inf"),
+    (dict(tar=math.nan), "tar must be a finite number at least 0, got nan"),
 ])
 def test_model_mistakes(given, message):
     with pytest.raises(Exception, match=message):
@@ -434,6 +509,8 @@ def test_flags_of_another_kind_are_refused(tmp_path, tiny_file, cli, one_line_er
                    "--norm must be one of none, layer, rms")
     one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "d", *TINY, "--head-layers", "3")[::2],
                    "--head-layers must be 1 or 2, got 3")
+    one_line_error(*cli("train", "-i", tiny_file, "-o", tmp_path / "e", *TINY, "--tar", "-1")[::2],
+                   "--tar must be a finite number at least 0, got -1.0")
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -105,10 +105,16 @@ class WaveNetConfig:
     head_layers: int = field(default=1, metadata=_help(
         "the output head: 2, the paper's two 1x1 convolutions (relu, skip -> skip, relu, -> vocabulary); "
         "1, one (relu, skip -> vocabulary)", "N"))
+    tar: float = field(default=0.0, metadata=_help(
+        "temporal activation regularisation in training: adds B times the mean squared change of the "
+        "head's input, relu(skip), from each character's position to the one before it (Merity et al. "
+        "2017); 0: off", "B"))
 
     def __post_init__(self):
         for name in ("n_layers", "n_cycles", "n_residual", "n_skip"):
             _at_least(self, name, 1)
+        if not 0 <= self.tar < math.inf:
+            raise WavenetError(f"tar must be a finite number at least 0, got {self.tar}", param="tar")
         _check_dropout(self)
         _check_dropout(self, "embd_dropout")
         if self.head_layers not in (1, 2):

@@ -76,6 +76,26 @@ def packed_loss(logits: torch.Tensor, batch) -> torch.Tensor:
     return -F.log_softmax(logits, -1).view(-1)[batch.targets].mean()
 
 
+def packed_change_penalty(r: torch.Tensor, batch) -> torch.Tensor:
+    """TAR's penalty on a packed batch: r (R, S) per packed row; the mean over the names'
+    characters (rows 1..) and the channels of (r at the row - r at the row before it in the
+    same name, or at row 0, the boundary state, for a first character)^2. Row 0 itself is
+    no character. The row before is the older half of the dilation-1 pair, batch.pairs[0]."""
+    older = batch.pairs[0].view(-1, 2)[:, 0]
+    return (r - r.index_select(0, older)).square().sum() / (max(len(r) - 1, 1) * r.shape[1])
+
+
+def padded_change_penalty(r: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The same over `pad_names` rows: r (B, P, S) per output, targets (B, P). Output j >= 1
+    reads character j of its name, output 0 the boundary state; the outputs counted are those
+    up to each row's last real target (what `batches.pack_padded` keeps), so this equals
+    `packed_change_penalty` on the packed batch."""
+    real = targets != -1
+    kept = (real.flip(1).cumsum(1).flip(1) > 0)[:, 1:]  # (B, P - 1): outputs 1.. up to the last real one
+    change = (r[:, 1:] - r[:, :-1]).square().sum(-1)  # (B, P - 1)
+    return (change * kept).sum() / (max(int(kept.sum()), 1) * r.shape[-1])
+
+
 def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     """Dropout's scaled keep mask for a tensor shaped as `like`: 0 with probability p, else
     1 / (1 - p), drawn with `torch.rand` (models/wavenet.py's `Dropout`, and the WaveNet's

@@ -10,6 +10,9 @@ Where `ConvWaveNet` is the lecture's tree read as convolutions, this is the full
         x = x + W_res z,   skip += W_skip z         1x1 convolutions (the last block: skip only)
     logits = W_2 relu(W_1 drop(relu(skip)) + b_1) + b_2   two 1x1 convolutions (head_layers 2, the paper's)
           or W_2 drop(relu(skip)) + b_2                   one (head_layers 1, the default)
+    in training, loss = cross-entropy + tar * mean_t |relu(skip_t) - relu(skip_{t-1})|^2 / S
+          (TAR, Merity et al. 2017; tar 0 by default: over each name's characters, t - 1 the
+          position before, the boundary state before the first)
 
 Nothing mixes positions except the causal convolutions, and nothing mixes names at all: no
 BatchNorm, so a training-mode forward is as causal as an eval-mode one. Dropout acts on each
@@ -33,7 +36,15 @@ import torch.nn.functional as F
 
 from ..batches import PackedNames
 from ..config import WaveNetConfig
-from ..layers import dropout_mask, kernel_matrix, lm_loss, packed_loss, tap_major_conv
+from ..layers import (
+    dropout_mask,
+    kernel_matrix,
+    lm_loss,
+    packed_change_penalty,
+    packed_loss,
+    padded_change_penalty,
+    tap_major_conv,
+)
 from .cache import RingCache
 from .wavenet_fused import fused_forward
 
@@ -108,12 +119,13 @@ class WaveNet(nn.Module):
                  n_cycles: int = WaveNetConfig.n_cycles, n_residual: int = WaveNetConfig.n_residual,
                  n_skip: int = WaveNetConfig.n_skip, dropout: float = WaveNetConfig.dropout,
                  norm: str = WaveNetConfig.norm, embd_dropout: float = WaveNetConfig.embd_dropout,
-                 head_layers: int = WaveNetConfig.head_layers, generator: torch.Generator | None = None):
+                 head_layers: int = WaveNetConfig.head_layers, tar: float = WaveNetConfig.tar,
+                 generator: torch.Generator | None = None):
         super().__init__()
         # the config checks them
         self.config = WaveNetConfig(n_layers=n_layers, n_cycles=n_cycles, n_residual=n_residual,
                                     n_skip=n_skip, dropout=dropout, norm=norm, embd_dropout=embd_dropout,
-                                    head_layers=head_layers)
+                                    head_layers=head_layers, tar=tar)
         self.vocab_size = vocab_size
         self.dilations = self.config.dilations
         self.block_size = self.config.block_size
@@ -157,7 +169,10 @@ class WaveNet(nn.Module):
             x, s = block(torch.cat([u[:, :-d], u[:, d:]], -1), x[:, d:])  # (B, T - d, C), (B, T - d, S)
             skip = skip + s[:, -P:]  # (B, P, S)
         logits = self._logits(skip)  # (B, P, V)
-        return logits, lm_loss(logits, targets)
+        loss = lm_loss(logits, targets)
+        if self.training and self.config.tar and targets is not None:
+            loss = loss + self.config.tar * padded_change_penalty(F.relu(skip), targets)
+        return logits, loss
 
     def _forward_packed(self, batch: PackedNames):
         """Row 0 is the all-boundary state, rows 1.. the names' characters (batches.py); one
@@ -174,7 +189,10 @@ class WaveNet(nn.Module):
             x, s = block(u.index_select(0, pairs).view(R, 2 * u.shape[-1]), x)  # (R, C), (R, S)
             skip = skip + s
         logits = self._logits(skip)  # (R, V)
-        return logits, packed_loss(logits, batch)
+        loss = packed_loss(logits, batch)
+        if self.training and self.config.tar:
+            loss = loss + self.config.tar * packed_change_penalty(F.relu(skip), batch)
+        return logits, loss
 
     # ------------------------------------------------------------------ generation
 

@@ -9,7 +9,9 @@ forward and four backward, a gather and a scatter, and a few in-place element-wi
   `sigmoid`; the two differ by at most 2e-7 in float32, 1e-16 in float64);
 - dropout draws the same masks as the reference, in the same order (embeddings, each block,
   the skip sum), so with one seed both paths compute the same function;
-- the residual add and the skip sum reuse one buffer each instead of a new tensor a block.
+- the residual add and the skip sum reuse one buffer each instead of a new tensor a block;
+- TAR (`tar`, layers.packed_change_penalty) adds its gradient 2 tar (r - r_before) / (M S)
+  at each row and takes the same from the row before, where it reads r_before.
 
 tests/test_wavenet.py proves it computes the reference's loss and every gradient (float64
 1e-12, float32 2e-6, dropout on and off, ignored targets anywhere). It serves `norm="none"`
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import dropout_mask, kernel_matrix
+from ..layers import dropout_mask, kernel_matrix, packed_change_penalty
 
 
 def _mask(like: torch.Tensor, p: float) -> torch.Tensor | None:
@@ -35,7 +37,7 @@ class FusedWaveNet(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, batch, shape, wte, hidden_w, hidden_b, head_w, head_b, *block_params):
-        p_block, p_embd, C = shape
+        p_block, p_embd, C, tar = shape
         R, N = len(batch.ids), len(batch.targets)
         x = wte.index_select(0, batch.ids)  # (R, C): the residual stream
         m_embd = _mask(x, p_embd)
@@ -69,7 +71,9 @@ class FusedWaveNet(torch.autograd.Function):
         logits = torch.addmm(head_b, q, head_w.t())
         logp = torch.log_softmax(logits, 1)
         loss = logp.view(-1).index_select(0, batch.targets).sum().div_(-N)
-        ctx.batch, ctx.C, ctx.N = batch, C, N
+        if tar:  # TAR on the head's input
+            loss.add_(packed_change_penalty(r, batch), alpha=tar)
+        ctx.batch, ctx.C, ctx.N, ctx.tar = batch, C, N, tar
         # every tensor through save_for_backward (None for a mask not drawn), so memory counts see them
         ctx.save_for_backward(wte, hidden_w, head_w, logp, r, rd, q, m_embd, m_head, *block_params, *saved)
         ctx.mark_non_differentiable(logits)
@@ -77,7 +81,7 @@ class FusedWaveNet(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dloss, _dlogits):
-        batch, C, N = ctx.batch, ctx.C, ctx.N
+        batch, C, N, tar = ctx.batch, ctx.C, ctx.N, ctx.tar
         wte, hidden_w, head_w, logp, r, rd, q, m_embd, m_head, *rest = ctx.saved_tensors
         n_blocks = len(batch.pairs)
         block_params, saved = rest[:4 * n_blocks], rest[4 * n_blocks:]
@@ -96,6 +100,11 @@ class FusedWaveNet(torch.autograd.Function):
             dskip = torch.mm(dq, hidden_w)
         if m_head is not None:
             dskip.mul_(m_head)
+        if tar:  # d/dr of tar * sum (r - r[older])^2 / (M S): at each row, minus the same at its older row
+            older = batch.pairs[0].view(-1, 2)[:, 0]
+            scale = dloss * (2 * tar / (max(len(r) - 1, 1) * r.shape[1]))
+            d_change = (r - r.index_select(0, older)).mul_(scale)
+            dskip.add_(d_change).index_add_(0, older, d_change, alpha=-1)
         dskip.mul_(r > 0)  # (R, S): the same gradient reaches every block's skip output
         dx = dskip.new_zeros(len(batch.ids), C)  # the stream after the last block feeds nothing
         ones = dskip.new_ones(len(batch.ids))  # column sums as matrix-vector products: faster here
@@ -136,7 +145,7 @@ def fused_forward(model, batch):
     for block in model.blocks:
         params += [block.conv.weight, block.conv.bias, block.proj.weight, block.proj.bias]
     # the blocks' and the head's p as they stand (a ramp moves them; WaveNet.dropouts)
-    shape = (model.drop.p, model.embd_drop.p, model.config.n_residual)
+    shape = (model.drop.p, model.embd_drop.p, model.config.n_residual, model.config.tar)
     hidden = (None, None) if model.hidden is None else (model.hidden.weight, model.hidden.bias)
     with torch.autocast(model.wte.weight.device.type, enabled=False):  # the arithmetic as written
         loss, logits = FusedWaveNet.apply(batch, shape, model.wte.weight, *hidden, model.head.weight,
