@@ -76,13 +76,20 @@ def packed_loss(logits: torch.Tensor, batch) -> torch.Tensor:
     return -F.log_softmax(logits, -1).view(-1)[batch.targets].mean()
 
 
-def packed_change_penalty(r: torch.Tensor, batch) -> torch.Tensor:
-    """TAR's penalty on a packed batch: r (R, S) per packed row; the mean over the names'
-    characters (rows 1..) and the channels of (r at the row - r at the row before it in the
-    same name, or at row 0, the boundary state, for a first character)^2. Row 0 itself is
-    no character. The row before is the older half of the dilation-1 pair, batch.pairs[0]."""
+def packed_change(r: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """TAR's change on a packed batch, r (R, S) per packed row: (r at each row - r at the row
+    before it in the same name, or at row 0, the boundary state, for a first character; the
+    older rows, the older half of the dilation-1 pair batch.pairs[0]; the count M S the
+    penalty is a mean over: the names' characters (rows 1..; row 0 is no character) by the
+    channels). Row 0's own change is zero."""
     older = batch.pairs[0].view(-1, 2)[:, 0]
-    return (r - r.index_select(0, older)).square().sum() / (max(len(r) - 1, 1) * r.shape[1])
+    return r - r.index_select(0, older), older, max(len(r) - 1, 1) * r.shape[1]
+
+
+def packed_change_penalty(r: torch.Tensor, batch) -> torch.Tensor:
+    """TAR's penalty on a packed batch: the mean of `packed_change`'s squares."""
+    change, _, count = packed_change(r, batch)
+    return change.square().sum() / count
 
 
 def padded_change_penalty(r: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import dropout_mask, kernel_matrix, packed_change_penalty
+from ..layers import dropout_mask, kernel_matrix, packed_change, packed_change_penalty
 
 
 def _mask(like: torch.Tensor, p: float) -> torch.Tensor | None:
@@ -101,9 +101,8 @@ class FusedWaveNet(torch.autograd.Function):
         if m_head is not None:
             dskip.mul_(m_head)
         if tar:  # d/dr of tar * sum (r - r[older])^2 / (M S): at each row, minus the same at its older row
-            older = batch.pairs[0].view(-1, 2)[:, 0]
-            scale = dloss * (2 * tar / (max(len(r) - 1, 1) * r.shape[1]))
-            d_change = (r - r.index_select(0, older)).mul_(scale)
+            change, older, count = packed_change(r, batch)
+            d_change = change.mul_(dloss * (2 * tar / count))
             dskip.add_(d_change).index_add_(0, older, d_change, alpha=-1)
         dskip.mul_(r > 0)  # (R, S): the same gradient reaches every block's skip output
         dx = dskip.new_zeros(len(batch.ids), C)  # the stream after the last block feeds nothing
